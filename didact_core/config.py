@@ -1,0 +1,170 @@
+"""Settings of a didact installation, read from the environment.
+
+Everything lives under one home folder (``DIDACT_HOME``, default ``./.didact``)::
+
+    warehouse.duckdb   catalog of partition versions and the lineage table
+    data/<asset>/<partition>/v<N>/<table>.parquet   immutable partition versions
+    mlflow/            MLflow tracking + registry (sqlite) and artifacts
+    dagster/           DAGSTER_HOME
+
+Every field can be set by an environment variable ``DIDACT_<FIELD>`` (upper case).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DidactError
+
+SOURCES = ("simulator", "prometheus")
+
+
+def _parse(name: str, raw: str, typ):
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if typ is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        return typ(raw)
+    except ValueError:
+        raise DidactError(
+            f"environment variable {name}={raw!r}",
+            f"is not a valid {typ.__name__}",
+            f"set {name} to a {typ.__name__} or unset it to use the default",
+        ) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One didact installation's configuration (env var ``DIDACT_<NAME>`` overrides each)."""
+
+    home: str = ".didact"
+    source: str = "simulator"
+    #: first daily partition (UTC)
+    start_date: str = "2026-01-01"
+    # simulated cluster
+    nodes: int = 16
+    cpus: int = 8
+    interval_s: float = 15.0
+    seed: int = 0
+    #: labelled behavioural faults (CPU hog, IO stall, ...) per node-hour
+    fault_rate: float = 0.05
+    # preprocessing
+    features: tuple = ("idle", "iowait", "system", "user", "other")
+    #: a partition fails its quality check above this fraction of unusable samples
+    max_unusable_fraction: float = 0.05
+    #: partition versions kept per (asset, partition); 0 keeps all
+    retention_versions: int = 0
+    #: worker processes for a partition's node blocks; 0 = one per CPU core
+    workers: int = 0
+    # Prometheus source
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_node_label: str = "instance"
+    # MLflow: empty means sqlite + local artifacts under home
+    mlflow_tracking_uri: str = ""
+    model_name: str = "didact-autoencoder"
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            name = f"DIDACT_{f.name.upper()}"
+            if name in env:
+                typ = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}[
+                    f.type if isinstance(f.type, str) else f.type.__name__
+                ]
+                values[f.name] = _parse(name, env[name], typ)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**values)
+        s.validate()
+        return s
+
+    def replace(self, **changes) -> "Settings":
+        s = dataclasses.replace(self, **changes)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise DidactError(
+                f"source {self.source!r}",
+                "is not a known telemetry source",
+                f"use one of {', '.join(SOURCES)} (DIDACT_SOURCE)",
+            )
+        for name in ("nodes", "cpus"):
+            if getattr(self, name) < 1:
+                raise DidactError(f"{name}={getattr(self, name)}", "must be at least 1")
+        if not self.interval_s > 0:
+            raise DidactError(f"interval_s={self.interval_s}", "must be a positive number of seconds")
+        if not 0 <= self.max_unusable_fraction <= 1:
+            raise DidactError(
+                f"max_unusable_fraction={self.max_unusable_fraction}", "must be between 0 and 1"
+            )
+        try:
+            dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise DidactError(
+                f"start_date={self.start_date!r}", "is not a date", "use YYYY-MM-DD (DIDACT_START_DATE)"
+            ) from None
+        if not self.features:
+            raise DidactError("features", "the feature list is empty", "name at least one feature")
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home_path / "warehouse.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home_path / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home_path / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_uri(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+
+def ensure_home(path: Path) -> Path:
+    """Create the home folder if needed and prove it is writable.
+
+    Raises :class:`DidactError` naming the folder when it cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise DidactError(
+            f"DIDACT_HOME {path}",
+            f"is not writable ({e.strerror or e})",
+            "point DIDACT_HOME at a folder you can write to",
+        ) from None
+    return path

@@ -1,0 +1,245 @@
+"""Raw cumulative CPU counters → AI-ready per-interval fractions.
+
+For every ``(node, cpu)`` series the counters of consecutive scrapes are differenced and
+each mode's share of the interval becomes a feature (default ``idle, iowait, system,
+user, other``; other = irq + nice + softirq + steal).  Damage is handled and *counted*,
+never silently dropped:
+
+================  ==========================================================  ==========
+count             what                                                        the sample
+================  ==========================================================  ==========
+duplicates        a scrape with the same (node, cpu, ts) as an earlier one    dropped
+out_of_order      a row that arrived before its predecessor in time           re-sorted
+nan_rows          a row with a NaN counter                                    dropped
+invalid_rows      a row with an infinite or negative counter                  dropped
+counter_resets    an interval over which the counters went down (reboot)      unusable
+gaps              an interval longer than 1.5 × the scrape interval           kept
+long_gaps         … longer than ``max_gap_factor`` × the scrape interval      unusable
+clock_skew        CPU seconds differ from wall seconds by more than 25 %      kept [*]_
+stalled           an interval in which no counter moved                       unusable
+clamped           a small negative step in one mode (kernel iowait quirk)     kept, 0
+================  ==========================================================  ==========
+
+.. [*] fractions are normalised by the counters' own total, not by wall time, so a
+   skewed timestamp does not distort them.
+
+Input rows must keep each (node, cpu) series whole within one call (blocks of whole
+nodes); rows are expected grouped by series, and are grouped here if they are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataQualityError, DidactError
+from .schema import CPU_MODES, OTHER_MODES, validate_raw_cpu
+
+log = logging.getLogger(__name__)
+
+#: features preprocessing can produce from the CPU counters
+CPU_FEATURES: dict[str, tuple[str, ...]] = {
+    **{m: (m,) for m in CPU_MODES},
+    "other": OTHER_MODES,
+    "busy": ("system", "user", "nice", "irq", "softirq", "steal"),
+}
+DEFAULT_FEATURES = ("idle", "iowait", "system", "user", "other")
+
+GAP_FACTOR = 1.5
+SKEW_TOLERANCE = 0.25
+
+
+@dataclass
+class CleaningReport:
+    """What preprocessing found and did (all counts; additive over blocks)."""
+
+    rows_in: int = 0
+    series: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    nan_rows: int = 0
+    invalid_rows: int = 0
+    counter_resets: int = 0
+    gaps: int = 0
+    long_gaps: int = 0
+    clock_skew: int = 0
+    stalled: int = 0
+    clamped: int = 0
+    rows_out: int = 0
+
+    def __add__(self, other: "CleaningReport") -> "CleaningReport":
+        return CleaningReport(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+        )
+
+    @property
+    def unusable(self) -> int:
+        """Samples lost to damage (dropped rows and unusable intervals)."""
+        return self.nan_rows + self.invalid_rows + self.counter_resets + self.long_gaps + self.stalled
+
+    @property
+    def unusable_fraction(self) -> float:
+        total = self.rows_out + self.unusable
+        return self.unusable / total if total else 1.0
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["unusable"] = self.unusable
+        d["unusable_fraction"] = round(self.unusable_fraction, 6)
+        return d
+
+
+def check_features(features) -> tuple[str, ...]:
+    """Validate a feature list against what the CPU counters can give."""
+    features = tuple(features)
+    unknown = [f for f in features if f not in CPU_FEATURES]
+    if unknown or not features:
+        raise DidactError(
+            f"features {list(features)}",
+            f"unknown feature(s) {unknown}" if unknown else "the list is empty",
+            f"choose from {sorted(CPU_FEATURES)} (DIDACT_FEATURES)",
+        )
+    if len(set(features)) != len(features):
+        raise DidactError(f"features {list(features)}", "a feature is listed twice")
+    return features
+
+
+def preprocess(
+    raw: pd.DataFrame,
+    features=DEFAULT_FEATURES,
+    interval_s: float | None = None,
+    max_gap_factor: float = 4.0,
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Counters → fractions for whole (node, cpu) series.
+
+    ``interval_s`` is the nominal scrape interval; ``None`` infers it as the median
+    step.  Returns the AI-ready frame (``ts`` = interval end, ``node``, ``cpu``,
+    ``dt_s`` and the features, float32) and the :class:`CleaningReport`.
+    """
+    features = check_features(features)
+    raw = validate_raw_cpu(raw)
+    rep = CleaningReport(rows_in=len(raw))
+    if len(raw) == 0:
+        return _empty(features), rep
+
+    # series keys, grouped (stable) if the input interleaves series; counters column-wise
+    node_codes, node_names = _factorize(raw["node"])
+    key = node_codes.astype(np.int64) * 65536 + raw["cpu"].to_numpy().astype(np.int64)
+    ts = raw["ts"].array.asi8.copy()  # epoch ms (validated unit)
+    cols = [raw[m].to_numpy(dtype=np.float64) for m in CPU_MODES]
+    if len(key) > 1 and np.any(key[1:] < key[:-1]):
+        order = np.argsort(key, kind="stable")
+        key, ts, node_codes = key[order], ts[order], node_codes[order]
+        cols = [c[order] for c in cols]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    rep.series = len(starts)
+
+    # out-of-order arrivals: sort only the series that have them
+    same = key[1:] == key[:-1]
+    inversions = same & (ts[1:] < ts[:-1])
+    rep.out_of_order = int(np.count_nonzero(inversions))
+    if rep.out_of_order:
+        cols = [c.copy() for c in cols]
+        bounds = np.r_[starts, len(key)]
+        for s in np.unique(np.searchsorted(starts, np.flatnonzero(inversions) + 1, side="right") - 1):
+            a, b = bounds[s], bounds[s + 1]
+            o = a + np.argsort(ts[a:b], kind="stable")
+            ts[a:b] = ts[o]
+            for c in cols:
+                c[a:b] = c[o]
+
+    # duplicates (same series and ts): keep the first; unusable rows: NaN, inf, negative
+    dup = np.r_[False, same & (ts[1:] == ts[:-1])]
+    nan = np.zeros(len(ts), dtype=bool)
+    bad = np.zeros(len(ts), dtype=bool)
+    for c in cols:
+        nan |= np.isnan(c)
+        bad |= ~np.isfinite(c) | (c < 0)  # NaN compares False, isfinite catches it
+    invalid = bad & ~nan
+    rep.duplicates = int(np.count_nonzero(dup))
+    rep.nan_rows = int(np.count_nonzero(nan & ~dup))
+    rep.invalid_rows = int(np.count_nonzero(invalid & ~dup))
+    drop = dup | bad
+    if drop.any():
+        keep = ~drop
+        key, ts, node_codes = key[keep], ts[keep], node_codes[keep]
+        cols = [c[keep] for c in cols]
+
+    # intervals between consecutive scrapes of a series
+    iv = np.flatnonzero(key[1:] == key[:-1])  # interval i runs from row i to row i + 1
+    dt_s = (ts[iv + 1] - ts[iv]) / 1000.0
+    deltas = [c[iv + 1] - c[iv] for c in cols]
+    if interval_s is None:
+        interval_s = float(np.median(dt_s)) if len(dt_s) else 1.0
+    tol = np.maximum(0.01 * dt_s, 1e-3)
+    reset = np.zeros(len(iv), dtype=bool)
+    for d in deltas:
+        reset |= d < -tol
+    clamped = np.zeros(len(iv), dtype=bool)
+    for d in deltas:
+        neg = (d < 0) & ~reset
+        if neg.any():
+            clamped |= neg
+            d[neg] = 0.0
+    total = deltas[0].copy()
+    for d in deltas[1:]:
+        total += d
+    reset |= total < 0
+    gap = dt_s > GAP_FACTOR * interval_s
+    long_gap = dt_s > max_gap_factor * interval_s
+    stalled = ~reset & (total <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = ~reset & ~stalled & (np.abs(total / dt_s - 1.0) > SKEW_TOLERANCE)
+    rep.clamped = int(np.count_nonzero(clamped))
+    rep.counter_resets = int(np.count_nonzero(reset))
+    rep.gaps = int(np.count_nonzero(gap & ~reset))
+    rep.long_gaps = int(np.count_nonzero(long_gap & ~reset))
+    rep.stalled = int(np.count_nonzero(stalled & ~long_gap))
+    rep.clock_skew = int(np.count_nonzero(skew))
+    good = ~(reset | long_gap | stalled)
+    rep.rows_out = int(np.count_nonzero(good))
+
+    sel = iv[good]
+    rows = sel + 1  # the interval's end row
+    inv_total = 1.0 / total[good]
+    out = {
+        "ts": pd.Series(ts[rows].view("M8[ms]")).dt.tz_localize("UTC"),
+        "node": pd.Categorical.from_codes(node_codes[rows], node_names),
+        "cpu": (key[rows] % 65536).astype(np.int16),
+        "dt_s": dt_s[good].astype(np.float32),
+    }
+    idx = {m: i for i, m in enumerate(CPU_MODES)}
+    for f in features:
+        part = deltas[idx[CPU_FEATURES[f][0]]][good]
+        for m in CPU_FEATURES[f][1:]:
+            part += deltas[idx[m]][good]
+        part *= inv_total
+        out[f] = part.astype(np.float32)
+    return pd.DataFrame(out), rep
+
+
+def _factorize(nodes: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    if isinstance(nodes.dtype, pd.CategoricalDtype):
+        if nodes.isna().any():
+            raise DataQualityError("raw CPU samples", "some rows have no node name", "drop or fix them")
+        return nodes.cat.codes.to_numpy(), nodes.cat.categories
+    codes, names = pd.factorize(nodes, sort=False)
+    if (codes < 0).any():
+        raise DataQualityError("raw CPU samples", "some rows have no node name", "drop or fix them")
+    return codes, pd.Index(names.astype(str))
+
+
+def _empty(features) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ts": pd.Series([], dtype="datetime64[ms, UTC]"),
+            "node": pd.Categorical([]),
+            "cpu": pd.Series([], dtype=np.int16),
+            "dt_s": pd.Series([], dtype=np.float32),
+            **{f: pd.Series([], dtype=np.float32) for f in features},
+        }
+    )

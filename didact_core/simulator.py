@@ -1,0 +1,398 @@
+"""The simulated cluster: didact's embedded default telemetry source.
+
+A scheduler places job flavours of the reference testbed on nodes, one job per node at
+a time, with realistic durations.  Each flavour has a CPU-mode signature (which CPU
+threads it keeps busy and how their time splits between idle, iowait, system, user,
+...); every scrape interval draws noise around it.  The output is cumulative counters
+exactly like node exporter's ``node_cpu_seconds_total{cpu,mode}``, plus per-node power
+(idle baseline + load-dependent part), the true job label per node-time, and two kinds
+of injected faults:
+
+* **data faults** that preprocessing must handle and count — node reboots (counter
+  reset), missed scrapes, duplicated scrapes, out-of-order scrapes, NaN counters and
+  clock skew.  Their truth is in ``RawBlock.meta["data_faults"]``.
+* **behavioural faults** (CPU hog, IO stall, steal storm, softirq storm), labelled in
+  ``RawBlock.faults``: the anomalies a detector should flag.
+
+Same ``(seed, day)`` → identical data, whatever the block size: each node draws from
+its own generator seeded by ``(seed, day, node)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import DidactError
+from .schema import CPU_MODES, TS_DTYPE
+from .sources.base import RawBlock, TelemetrySource, day_bounds
+
+log = logging.getLogger(__name__)
+
+_M = {m: i for i, m in enumerate(CPU_MODES)}
+
+
+def _sig(**fractions: float) -> np.ndarray:
+    """A signature vector over CPU_MODES from keyword fractions (normalised)."""
+    v = np.zeros(len(CPU_MODES))
+    for mode, f in fractions.items():
+        v[_M[mode]] = f
+    return v / v.sum()
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A job flavour: which CPU threads it keeps busy and how their time splits."""
+
+    name: str
+    #: CPU threads the job keeps busy; 0 = none (idle), -1 = all of the node's
+    threads: int
+    signature: tuple
+    #: job duration: median minutes and log-normal sigma
+    median_minutes: float
+    sigma: float = 0.5
+    weight: float = 1.0
+
+
+IDLE_SIGNATURE = _sig(idle=0.975, iowait=0.004, irq=0.001, softirq=0.002, system=0.008, user=0.010)
+
+#: The reference testbed's job flavours (DESIGN.md), idle CPUs included.
+FLAVOURS: dict[str, Flavour] = {
+    f.name: f
+    for f in [
+        Flavour("idle", 0, tuple(IDLE_SIGNATURE), 30, 0.6, weight=2.0),
+        Flavour("io_good", -1, tuple(_sig(idle=0.40, iowait=0.12, irq=0.01, softirq=0.05, system=0.17, user=0.25)), 45),
+        Flavour("io_bad", -1, tuple(_sig(idle=0.18, iowait=0.55, irq=0.01, softirq=0.04, system=0.14, user=0.08)), 45),
+        Flavour("mpi_2", 2, tuple(_sig(idle=0.02, irq=0.005, softirq=0.025, system=0.20, user=0.75)), 90),
+        Flavour("mpi_16", -1, tuple(_sig(idle=0.01, irq=0.01, softirq=0.07, system=0.42, user=0.49)), 90),
+        Flavour("reco_1t", 1, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        Flavour("reco_2t", 2, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        Flavour("reco_4t", 4, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        Flavour("reco_8t", 8, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        Flavour("fit_amplitude", -1, tuple(_sig(idle=0.08, irq=0.002, softirq=0.004, system=0.12, user=0.794)), 40),
+        Flavour("fit_mcmc", 1, tuple(_sig(idle=0.02, irq=0.001, nice=0.88, softirq=0.002, system=0.02, user=0.077)), 40),
+        Flavour("fit_minuit", 1, tuple(_sig(idle=0.30, irq=0.002, softirq=0.003, system=0.03, user=0.665)), 30),
+    ]
+}
+
+#: Labelled behavioural faults: the signature replaces the job's on every CPU thread.
+FAULTS: dict[str, np.ndarray] = {
+    "cpu_hog": _sig(idle=0.01, system=0.02, user=0.97),
+    "io_stall": _sig(idle=0.08, iowait=0.85, system=0.05, user=0.02),
+    "steal_storm": _sig(idle=0.05, steal=0.50, system=0.05, user=0.40),
+    "softirq_storm": _sig(idle=0.10, softirq=0.45, irq=0.05, system=0.15, user=0.25),
+}
+
+
+@dataclass(frozen=True)
+class DataFaultRates:
+    """Rates of data faults, per node-scrape (reboots: per node-day)."""
+
+    reboot_per_node_day: float = 0.05
+    missed_scrape: float = 5e-4
+    duplicate: float = 2e-4
+    out_of_order: float = 2e-4
+    nan: float = 1e-4
+    clock_skew: float = 1e-4
+
+    @classmethod
+    def none(cls) -> "DataFaultRates":
+        return cls(0, 0, 0, 0, 0, 0)
+
+
+#: The order data-fault kinds claim positions in a node's day.
+_DATA_FAULT_KINDS = ("reboot", "missed", "duplicate", "out_of_order", "nan", "clock_skew")
+#: steps between two fault slots (an event touches its step -1 .. +2)
+_SLOT = 6
+#: fraction of an interval a clock-skewed scrape's timestamp is shifted by
+SKEW_SHIFT = 0.4
+
+
+@dataclass
+class NodePower:
+    idle_watts: float
+    dynamic_watts: float
+    noise_watts: float = 2.0
+
+    def watts(self, utilisation: np.ndarray) -> np.ndarray:
+        """Expected watts at the given utilisation (0..1), without noise."""
+        return self.idle_watts + self.dynamic_watts * utilisation
+
+
+@dataclass
+class SimulatedCluster(TelemetrySource):
+    """A deterministic simulated cluster (see module docstring)."""
+
+    nodes_count: int = 16
+    cpus: int = 8
+    interval_s: float = 15.0
+    seed: int = 0
+    #: labelled behavioural faults per node-hour
+    fault_rate: float = 0.05
+    data_faults: DataFaultRates = field(default_factory=DataFaultRates)
+    #: relative noise (log-normal sigma) of a CPU's mode split per interval
+    noise: float = 0.25
+    flavours: tuple = tuple(FLAVOURS)
+    name: str = "simulator"
+
+    def __post_init__(self):
+        if self.nodes_count < 1 or self.cpus < 1:
+            raise DidactError(
+                f"simulated cluster nodes={self.nodes_count} cpus={self.cpus}",
+                "needs at least one node and one CPU thread",
+            )
+        if not (0 < self.interval_s <= 3600) or (86400 / self.interval_s) % 1:
+            raise DidactError(
+                f"scrape interval {self.interval_s} s",
+                "must divide a day into whole scrapes and be at most an hour",
+                "use e.g. 1, 5, 15, 30 or 60 seconds",
+            )
+        unknown = [f for f in self.flavours if f not in FLAVOURS]
+        if unknown:
+            raise DidactError(
+                f"flavours {unknown}", "are not known job flavours", f"pick from {sorted(FLAVOURS)}"
+            )
+        if self.fault_rate < 0:
+            raise DidactError(f"fault_rate={self.fault_rate}", "must not be negative")
+
+    @classmethod
+    def from_settings(cls, settings) -> "SimulatedCluster":
+        return cls(
+            nodes_count=settings.nodes,
+            cpus=settings.cpus,
+            interval_s=settings.interval_s,
+            seed=settings.seed,
+            fault_rate=settings.fault_rate,
+        )
+
+    # -- TelemetrySource ---------------------------------------------------------
+    def nodes(self, day: dt.date | None = None) -> list[str]:
+        return [self.node_name(i) for i in range(self.nodes_count)]
+
+    @staticmethod
+    def node_name(i: int) -> str:
+        return f"node{i:04d}"
+
+    @property
+    def steps_per_day(self) -> int:
+        return int(round(86400 / self.interval_s))
+
+    def describe(self) -> dict:
+        return {
+            "source": self.name,
+            "nodes": self.nodes_count,
+            "cpus": self.cpus,
+            "interval_s": self.interval_s,
+            "seed": self.seed,
+            "fault_rate": self.fault_rate,
+            "data_fault_rates": asdict(self.data_faults),
+        }
+
+    def power_model(self, node_index: int) -> NodePower:
+        """The node's true power model (idle baseline + dynamic part × utilisation)."""
+        rng = np.random.default_rng([self.seed, 7, node_index])
+        return NodePower(idle_watts=float(rng.uniform(90, 140)), dynamic_watts=float(rng.uniform(150, 300)))
+
+    def iter_blocks(self, day: dt.date, nodes_per_block: int = 64) -> Iterator[RawBlock]:
+        for idx in self.plan_blocks(day, nodes_per_block):
+            yield self._block(day, idx)
+
+    def plan_blocks(self, day: dt.date, nodes_per_block: int = 64) -> list[range]:
+        if nodes_per_block < 1:
+            raise DidactError(f"nodes_per_block={nodes_per_block}", "must be at least 1")
+        return [
+            range(first, min(first + nodes_per_block, self.nodes_count))
+            for first in range(0, self.nodes_count, nodes_per_block)
+        ]
+
+    def fetch_block(self, day: dt.date, plan_item: range) -> RawBlock:
+        return self._block(day, plan_item)
+
+    def fetch_day(self, day: dt.date) -> RawBlock:
+        """The whole day as one block (small clusters, tests)."""
+        return self._block(day, range(self.nodes_count))
+
+    # -- generation --------------------------------------------------------------
+    def _block(self, day: dt.date, node_indices) -> RawBlock:
+        parts = [self._node(day, i) for i in node_indices]
+        names = [p["node"] for p in parts]
+        rows = np.array([len(p["ts"]) for p in parts])
+        ts = np.concatenate([p["ts"] for p in parts])
+        cpu = pd.DataFrame(
+            {
+                "ts": _utc(ts),
+                "node": pd.Categorical.from_codes(np.repeat(np.arange(len(parts), dtype=np.int32), rows), names),
+                "cpu": np.concatenate([p["cpu"] for p in parts]),
+                **{m: np.concatenate([p["values"][j] for p in parts]) for j, m in enumerate(CPU_MODES)},
+            }
+        )
+        power_ts = np.concatenate([p["power_ts"] for p in parts])
+        power = pd.DataFrame(
+            {
+                "ts": _utc(power_ts),
+                "node": pd.Categorical.from_codes(
+                    np.repeat(np.arange(len(parts), dtype=np.int32), [len(p["power_ts"]) for p in parts]), names
+                ),
+                "source": "simulator",
+                "watts": np.concatenate([p["watts"] for p in parts]),
+            }
+        )
+        totals = {k: sum(p["data_faults"][k] for p in parts) for k in _DATA_FAULT_KINDS}
+        return RawBlock(
+            cpu=cpu,
+            power=power,
+            labels=_intervals([r for p in parts for r in p["labels"]], "label"),
+            faults=_intervals([r for p in parts for r in p["faults"]], "fault"),
+            meta={"data_faults": totals, "nodes": len(parts)},
+        )
+
+    def _schedule(self, rng: np.random.Generator, T: int) -> list[tuple[int, int, str]]:
+        """Back-to-back jobs covering the day: (start_step, end_step, flavour)."""
+        names = list(self.flavours)
+        weights = np.array([FLAVOURS[n].weight for n in names])
+        weights = weights / weights.sum()
+        jobs, t = [], 0
+        while t < T:
+            f = FLAVOURS[names[rng.choice(len(names), p=weights)]]
+            minutes = f.median_minutes * float(np.exp(f.sigma * rng.standard_normal()))
+            steps = max(2, int(round(minutes * 60 / self.interval_s)))
+            jobs.append((t, min(T, t + steps), f.name))
+            t += steps
+        return jobs
+
+    def _node(self, day: dt.date, i: int) -> dict:
+        """One node's day as arrays; counters laid out (mode, cpu, step)."""
+        T, C, M = self.steps_per_day, self.cpus, len(CPU_MODES)
+        name = self.node_name(i)
+        rng = np.random.default_rng([self.seed, day.toordinal(), i])
+        step_ms = int(round(self.interval_s * 1000))
+        ts0 = day_bounds(day)[0].value // 1_000_000  # ms since epoch
+
+        # mean signature per (mode, cpu, step): the job's on its busy threads, idle elsewhere
+        mean = np.empty((M, C, T), dtype=np.float32)
+        mean[:] = IDLE_SIGNATURE.astype(np.float32)[:, None, None]
+        jobs = self._schedule(rng, T)
+        for start, end, flav in jobs:
+            f = FLAVOURS[flav]
+            n = C if f.threads < 0 else min(f.threads, C)
+            if n == 0:
+                continue
+            busy = np.sort(rng.choice(C, size=n, replace=False))
+            sig = np.asarray(f.signature) * np.exp(0.1 * rng.standard_normal(M))  # this run's variant
+            mean[:, busy, start:end] = (sig / sig.sum()).astype(np.float32)[:, None, None]
+
+        # labelled behavioural faults override the job on every thread
+        faults = []
+        kinds = list(FAULTS)
+        for _ in range(rng.poisson(self.fault_rate * 24)):
+            kind = kinds[rng.integers(len(kinds))]
+            length = max(2, int(rng.uniform(5, 30) * 60 / self.interval_s))
+            start = int(rng.integers(0, max(1, T - length)))
+            mean[:, :, start : start + length] = FAULTS[kind].astype(np.float32)[:, None, None]
+            faults.append((name, ts0 + start * step_ms, ts0 + (start + length) * step_ms, kind))
+
+        # per-interval noise around the mean, renormalised over modes
+        noise = rng.standard_normal((M, C, T), dtype=np.float32)
+        noise *= np.float32(self.noise)
+        noise -= np.float32(self.noise**2 / 2)
+        np.exp(noise, out=noise)
+        frac = mean
+        frac *= noise
+        del noise
+        frac /= frac.sum(axis=0, keepdims=True)
+
+        # power from true utilisation (busy = neither idle nor waiting on IO)
+        util = 1.0 - (frac[_M["idle"]] + frac[_M["iowait"]]).mean(axis=0, dtype=np.float64)
+        pm = self.power_model(i)
+        watts = pm.watts(util) + pm.noise_watts * rng.standard_normal(T)
+
+        # cumulative counters: seconds per interval (scrape-timing jitter), uptime offset
+        jitter = 1 + 0.005 * rng.standard_normal((1, C, T))
+        counters = frac.astype(np.float64)
+        counters *= self.interval_s * jitter
+        np.cumsum(counters, axis=2, out=counters)
+        counters += (rng.uniform(1, 60) * 86400 * IDLE_SIGNATURE)[:, None, None]
+        ts = ts0 + np.arange(T, dtype=np.int64) * step_ms
+
+        # data faults at distinct slots, away from the day's edges
+        r = self.data_faults
+        want = {
+            "reboot": rng.poisson(r.reboot_per_node_day),
+            "missed": rng.poisson(r.missed_scrape * T),
+            "duplicate": rng.poisson(r.duplicate * T),
+            "out_of_order": rng.poisson(r.out_of_order * T),
+            "nan": rng.poisson(r.nan * T),
+            "clock_skew": rng.poisson(r.clock_skew * T),
+        }
+        n_slots = (T - 8) // _SLOT
+        slots = iter(4 + 2 + _SLOT * s for s in rng.permutation(n_slots))
+        counts = {k: 0 for k in _DATA_FAULT_KINDS}
+        keep = np.ones(T, dtype=bool)
+        order = np.arange(T)
+        repeats = np.ones(T, dtype=np.int64)
+        at: dict[str, list[int]] = {}
+        for kind in _DATA_FAULT_KINDS:
+            n = min(want[kind], n_slots - sum(counts.values()))
+            at[kind] = sorted(next(slots) for _ in range(n))
+            counts[kind] = n
+        for p in at["reboot"]:  # ascending: counters restart from zero, step p holds its own seconds
+            counters[:, :, p:] -= counters[:, :, p - 1 : p]
+        keep[at["missed"]] = False
+        repeats[at["duplicate"]] += 1
+        for p in at["out_of_order"]:
+            order[p], order[p + 1] = order[p + 1], order[p]
+        for p in at["nan"]:
+            counters[rng.integers(M), rng.integers(C), p] = np.nan
+        ts[at["clock_skew"]] += int(SKEW_SHIFT * step_ms)
+
+        # rows in (cpu, arrival) order: `order` with its swaps, a duplicate right after itself
+        arrival = np.repeat(order, repeats[order])
+        arrival = arrival[keep[arrival]]
+        A = len(arrival)
+        values = counters[:, :, arrival].reshape(M, C * A)
+        return {
+            "node": name,
+            "ts": np.tile(ts[arrival], C),
+            "cpu": np.repeat(np.arange(C, dtype=np.int16), A),
+            "values": values,
+            "power_ts": ts0 + np.arange(T, dtype=np.int64) * step_ms,
+            "watts": watts,
+            "labels": [(name, ts0 + s * step_ms, ts0 + e * step_ms, f) for s, e, f in jobs],
+            "faults": faults,
+            "data_faults": counts,
+        }
+
+
+def _utc(ms: np.ndarray) -> pd.Series:
+    """int64 epoch milliseconds → a UTC timestamp column."""
+    return pd.Series(ms.view("M8[ms]")).dt.tz_localize("UTC")
+
+
+def _intervals(rows: list, what: str) -> pd.DataFrame:
+    """(node, start_ms, end_ms, name) rows → a labels/faults frame."""
+    df = pd.DataFrame(rows, columns=["node", "start", "end", what])
+    for col in ("start", "end"):
+        df[col] = _utc(df[col].to_numpy(dtype=np.int64))
+    return df
+
+
+def expected_cleaning(data_faults: dict, cpus: int) -> dict:
+    """What preprocessing should count for the simulator's injected data faults.
+
+    One reboot resets every CPU's counters; missed, duplicated, out-of-order and skewed
+    scrapes touch every CPU of the node; a NaN touches one (cpu, mode) cell, whose row
+    is dropped, which leaves a gap.  A skewed timestamp distorts two intervals.
+    """
+    return {
+        "counter_resets": data_faults.get("reboot", 0) * cpus,
+        "gaps": data_faults.get("missed", 0) * cpus + data_faults.get("nan", 0),
+        "duplicates": data_faults.get("duplicate", 0) * cpus,
+        "out_of_order": data_faults.get("out_of_order", 0) * cpus,
+        "nan_rows": data_faults.get("nan", 0),
+        "clock_skew": data_faults.get("clock_skew", 0) * 2 * cpus,
+    }

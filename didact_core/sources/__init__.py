@@ -1,0 +1,3 @@
+from .base import RawBlock, TelemetrySource, day_bounds
+
+__all__ = ["RawBlock", "TelemetrySource", "day_bounds"]
