@@ -66,6 +66,8 @@ class Settings:
     retention_versions: int = 0
     #: worker processes for a partition's node blocks; 0 = one per CPU core
     workers: int = 0
+    #: job labels from a CSV (node,start,end,label) or scheduler export instead of the source
+    labels_csv: str = ""
     # Prometheus source
     prometheus_url: str = "http://127.0.0.1:9090"
     prometheus_node_label: str = "instance"

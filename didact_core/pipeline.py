@@ -19,6 +19,7 @@ import pandas as pd
 from .config import Settings
 from .errors import DataQualityError, DidactError
 from .preprocess import CleaningReport, check_features, preprocess
+from .schema import validate_raw_cpu
 from .sources.base import TelemetrySource
 from .versioning import code_version
 from .warehouse import VersionInfo, Warehouse, read_part, write_part
@@ -32,6 +33,7 @@ LABELS = "job_labels"
 #: code versions of the data-spine assets
 RAW_CODE_VERSION = code_version("simulator", "sources", "schema", "warehouse", "pipeline")
 AI_READY_CODE_VERSION = code_version("preprocess", "schema", "warehouse", "pipeline")
+LABELS_CODE_VERSION = code_version("labels", "warehouse", "pipeline")
 
 
 def parse_day(partition: str) -> dt.date:
@@ -93,6 +95,7 @@ def _fetch_and_write(source: TelemetrySource, day: dt.date, item, paths: dict[st
 
 
 def _write_block(block, paths: dict[str, Path]) -> dict:
+    block.cpu = validate_raw_cpu(block.cpu, "raw CPU samples from the source")
     parts = {}
     for name in RAW_TABLES:
         df = getattr(block, name)
@@ -166,7 +169,13 @@ def ingest_raw(
                 "returned no samples",
                 "check the source is scraping the nodes for that day",
             )
-        meta = {**source.describe(), "nodes": len(seen), "rows": rows, "missing_nodes": sorted(set(missing))}
+        meta = {
+            **source.describe(),
+            "nodes": len(seen),
+            "rows": rows,
+            "missing_nodes": sorted(set(missing)),
+            "node_list": sorted(set(seen)),
+        }
         if data_faults:
             meta["injected_data_faults"] = data_faults
         version = w.commit(code_version=RAW_CODE_VERSION, run_id=run_id, metadata=meta)
@@ -255,6 +264,51 @@ def _progress(results, report, logger, partition, total):
         rows += r[0]
         logger.info("%s %s: part %d/%d, %d rows out", AI_READY, partition, i, total, rows)
         yield r
+
+
+@dataclass
+class LabelsResult:
+    version: VersionInfo
+    origin: str
+    counts: dict
+
+
+def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None) -> LabelsResult:
+    """Save the day's job labels (and labelled faults) as ``job_labels/<day>``.
+
+    From ``settings.labels_csv`` when set (a CSV or scheduler export, validated against
+    the raw partition's nodes), else from the raw partition (the simulator's truth).
+    A day without any labels is stored as an empty table, so "no labels" is explicit.
+    """
+    wh = Warehouse(settings.home_path, settings.retention_versions)
+    partition = day.isoformat()
+    raw = wh.require(RAW, partition)
+    start, end = pd.Timestamp(day, tz="UTC"), pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+    faults = None
+    if settings.labels_csv:
+        from . import labels as labels_io
+
+        nodes = raw.metadata.get("node_list", [])
+        labels = labels_io.read_labels(settings.labels_csv, known_nodes=nodes)
+        labels = labels[(labels["end"] > start) & (labels["start"] < end)]
+        origin = f"file {settings.labels_csv}"
+    elif "labels" in raw.tables:
+        labels = wh.read(RAW, partition, "labels", raw.version)
+        faults = wh.read(RAW, partition, "faults", raw.version) if "faults" in raw.tables else None
+        origin = f"source ({raw.metadata.get('source', '?')})"
+    else:
+        labels = pd.DataFrame({"node": pd.Series([], dtype=str), "start": pd.Series([], dtype="datetime64[ms, UTC]"),
+                               "end": pd.Series([], dtype="datetime64[ms, UTC]"), "label": pd.Series([], dtype=str)})  # fmt: skip
+        origin = "none: the source has no labels and DIDACT_LABELS_CSV is not set"
+    tables = {"labels": labels}
+    if faults is not None:
+        tables["faults"] = faults
+    version = wh.write(LABELS, partition, tables, code_version=LABELS_CODE_VERSION,
+                       upstream={RAW: raw.ref}, run_id=run_id, metadata={"origin": origin})  # fmt: skip
+    counts = {"labelled_intervals": len(labels), "flavours": int(labels["label"].nunique()) if len(labels) else 0}
+    if faults is not None:
+        counts["labelled_faults"] = len(faults)
+    return LabelsResult(version, origin, counts)
 
 
 def _intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):

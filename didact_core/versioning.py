@@ -20,7 +20,7 @@ def code_version(*modules: str) -> str:
     for name in sorted(modules):
         path = _ROOT / name
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
-        for f in files:
+        for f in (f for f in files if f.exists()):
             h.update(f.relative_to(_ROOT).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()

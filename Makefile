@@ -1,0 +1,54 @@
+# didact — one command to run, one to test. Everything else is a convenience.
+#   make demo   venv + packages, then the nightly job for the last 3 days (simulated cluster)
+#   make test   venv + packages + system services' packages, then the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+# torch goes in first, pinned (a CPU wheel on the build machines); override for CUDA, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+DIDACT := $(VENV)/bin/didact
+export DIDACT_HOME ?= $(CURDIR)/.didact
+export DAGSTER_HOME ?= $(DIDACT_HOME)/dagster
+
+.PHONY: venv system-deps demo test test-fast ui mlflow-ui bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "== installing torch ($(TORCH_SPEC)) first, then didact and its pins"
+	@$(PIP) install -q --disable-pip-version-check $(TORCH_SPEC) 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP) install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import torch, dagster, dagster_mlflow, mlflow, duckdb, didact_core, didact_assets" \
+		|| { echo "install failed"; exit 1; }
+	@touch $@
+
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+demo: venv
+	$(DIDACT) demo
+
+test: venv system-deps
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+ui: venv
+	$(DIDACT) ui
+
+mlflow-ui: venv
+	@mkdir -p $(DIDACT_HOME)/mlflow
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DIDACT_HOME)/mlflow/mlflow.db \
+		--default-artifact-root $(DIDACT_HOME)/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+bench: venv
+	$(DIDACT) bench pipeline
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,257 @@
+"""The ``didact`` command: the names an operator types, each a thin front over
+``didact_core`` and Dagster."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from didact_core.config import Settings
+from didact_core.errors import DidactError
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _table(title: str, rows: list[dict]) -> Table:
+    t = Table(title=title, title_justify="left")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in cols])
+    return t
+
+
+def last_days(n: int) -> list[str]:
+    y = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    return [(y - dt.timedelta(days=i)).isoformat() for i in reversed(range(n))]
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    """Run the nightly job for the last N days on the configured source (default: simulator)."""
+    from didact_assets.instance import ensure_instance
+
+    instance = ensure_instance(settings)
+    from didact_assets.definitions import defs
+    from didact_core.pipeline import summary_row
+    from didact_core.warehouse import Warehouse
+
+    job = defs.get_job_def(args.job)
+    days = last_days(args.days)
+    console.print(
+        f"[bold]didact demo[/]: {settings.source} · {settings.nodes} nodes × {settings.cpus} CPU threads · "
+        f"{settings.interval_s:g} s scrapes · home {settings.home_path}"
+    )
+    failed = []
+    for day in days:
+        console.rule(f"{args.job} · {day}")
+        result = job.execute_in_process(
+            partition_key=day,
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+            raise_on_error=False,
+        )
+        if not result.success:
+            failed.append(day)
+            console.print(f"[red]{day}: run {result.run_id} failed[/] — see `didact ui` for the logs")
+    wh = Warehouse(settings.home_path)
+    console.print(_table("Data spine", [summary_row(wh, d) for d in days]))
+    _print_model_summary(settings, days)
+    console.print(
+        "\nOpen the Dagster UI:  [bold]make ui[/]  (http://127.0.0.1:3000)\n"
+        "Open the MLflow UI:   [bold]make mlflow-ui[/]  (http://127.0.0.1:5000)\n"
+        f"Lineage of a day:     [bold]didact lineage ai_ready_metrics {days[-1]}[/]"
+    )
+    return 1 if failed else 0
+
+
+def _print_model_summary(settings: Settings, days: list[str]) -> None:
+    """The model path's per-day table, once the model assets exist."""
+    try:
+        from didact_core.continual import model_summary_rows
+    except ImportError:
+        return
+    rows = model_summary_rows(settings, days)
+    if rows:
+        console.print(_table("Model", rows))
+
+
+def cmd_lineage(args, settings: Settings) -> int:
+    from didact_core.warehouse import Warehouse
+
+    wh = Warehouse(settings.home_path)
+    df = wh.lineage(args.asset, args.partition)
+    if df.empty:
+        raise DidactError(
+            f"lineage of {args.asset} {args.partition or ''}".strip(),
+            "has no rows",
+            "materialise it first, or check the asset name (didact status lists them)",
+        )
+    cols = ["id", "ts", "event", "partition", "version", "data_version", "code_version", "upstream",
+            "run_id", "mlflow_run_id", "model_version", "actor", "reason"]  # fmt: skip
+    df = df[cols].copy()
+    df["ts"] = df["ts"].astype(str).str[:19]
+    df["run_id"] = df["run_id"].astype(str).str[:8]
+    rows = [{k: v for k, v in r.items() if v is not None and str(v) not in ("None", "nan")} for r in df.to_dict("records")]
+    console.print(_table(f"lineage · {args.asset} {args.partition or ''}", rows))
+    return 0
+
+
+def cmd_rollback(args, settings: Settings) -> int:
+    if args.asset:
+        from didact_core.pipeline import parse_day
+        from didact_core.warehouse import Warehouse
+
+        if not args.partition or args.to is None:
+            raise DidactError("didact rollback --asset", "needs --partition DAY and --to VERSION")
+        parse_day(args.partition)
+        wh = Warehouse(settings.home_path)
+        to = int(str(args.to).lstrip("v"))
+        before = wh.require(args.asset, args.partition)
+        info = wh.rollback(args.asset, args.partition, to, actor=args.actor or "", reason=args.reason or "")
+        console.print(f"{args.asset}/{args.partition}: head v{before.version} → v{info.version} ({info.data_version})")
+        return 0
+    from didact_core.continual import rollback_champion
+
+    res = rollback_champion(settings, to_version=args.to, actor=args.actor or "", reason=args.reason or "")
+    console.print(f"champion of {settings.model_name}: v{res['from']} → v{res['to']}")
+    return 0
+
+
+def cmd_prune(args, settings: Settings) -> int:
+    from didact_core.warehouse import Warehouse
+
+    pruned = Warehouse(settings.home_path).prune(args.keep, asset=args.asset)
+    console.print(f"pruned {len(pruned)} stored version(s)")
+    for p in pruned:
+        console.print(f"  {p.asset}/{p.partition} v{p.version}")
+    return 0
+
+
+def cmd_status(args, settings: Settings) -> int:
+    from didact_core.warehouse import Warehouse
+
+    wh = Warehouse(settings.home_path)
+    df = wh.sql(
+        """select v.asset, count(*) as partitions, min(v.partition) as first, max(v.partition) as last,
+                  sum(json_extract(v.tables, '$.cpu')::BIGINT) as raw_rows,
+                  sum(json_extract(v.tables, '$.samples')::BIGINT) as samples
+           from partition_versions v join partition_heads h using (asset, partition, version)
+           group by 1 order by 1"""
+    )
+    console.print(f"home: {settings.home_path}   source: {settings.source}")
+    console.print(_table("partitions (heads)", df.fillna("").to_dict("records")))
+    try:
+        from didact_core.continual import registry_status
+    except ImportError:
+        return 0
+    rows = registry_status(settings)
+    if rows:
+        console.print(_table(f"registered model {settings.model_name}", rows))
+    return 0
+
+
+def cmd_ui(args, settings: Settings) -> int:
+    from didact_assets.instance import ensure_instance
+
+    ensure_instance(settings).dispose()
+    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
+           "-h", args.host, "-p", str(args.port)]  # fmt: skip
+    console.print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    return subprocess.call(cmd, cwd=REPO)
+
+
+def cmd_bench(args, settings: Settings) -> int:
+    scripts = sorted((REPO / "bench").glob("bench_*.py"))
+    names = {p.stem.removeprefix("bench_"): p for p in scripts}
+    if args.name not in names:
+        raise DidactError(f"benchmark {args.name!r}", "does not exist", f"choose from {', '.join(names)}")
+    return subprocess.call([sys.executable, str(names[args.name]), *args.rest], cwd=REPO)
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="didact",
+        description="Continual learning of a compute cluster. State lives under DIDACT_HOME "
+        "(default ./.didact); every DIDACT_* env var overrides a setting.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the nightly job for the last days (simulated cluster by default)")
+    d.add_argument("--days", type=int, default=3, help="how many days, ending yesterday (default 3)")
+    d.add_argument("--nodes", type=int, help="simulated nodes (DIDACT_NODES, default 16)")
+    d.add_argument("--job", default="nightly", choices=["nightly", "data_spine"])
+    d.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
+    d.set_defaults(func=cmd_demo)
+
+    lg = sub.add_parser("lineage", help="print the lineage of an asset (partition)")
+    lg.add_argument("asset")
+    lg.add_argument("partition", nargs="?")
+    lg.set_defaults(func=cmd_lineage)
+
+    rb = sub.add_parser("rollback", help="roll a data partition or the champion model back")
+    rb.add_argument("--asset", help="data asset to roll back (omit to roll back the champion model)")
+    rb.add_argument("--partition", help="day of the data partition")
+    rb.add_argument("--to", help="version to restore (data: vN or N; model: registry version; "
+                    "default for the model: the previous champion)")  # fmt: skip
+    rb.add_argument("--reason", default="", help="why (recorded in lineage)")
+    rb.add_argument("--actor", default="", help="who (default: your login)")
+    rb.set_defaults(func=cmd_rollback)
+
+    pr = sub.add_parser("prune", help="delete stored partition versions beyond the newest N")
+    pr.add_argument("--keep", type=int, required=True)
+    pr.add_argument("--asset")
+    pr.set_defaults(func=cmd_prune)
+
+    st = sub.add_parser("status", help="what is stored: partitions, versions, models")
+    st.set_defaults(func=cmd_status)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+
+    b = sub.add_parser("bench", help="run a benchmark from bench/ (pipeline, training, prometheus, scoring)")
+    b.add_argument("name")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {}
+        if getattr(args, "nodes", None):
+            overrides["nodes"] = args.nodes
+        settings = Settings.from_env(**overrides)
+        if overrides:  # subprocesses (Dagster steps) read the env
+            os.environ.update({f"DIDACT_{k.upper()}": str(v) for k, v in overrides.items()})
+        return args.func(args, settings)
+    except DidactError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

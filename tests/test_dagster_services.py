@@ -1,0 +1,147 @@
+"""Dagster for real: concurrent processes on one warehouse, the webserver's GraphQL API,
+and a backfill launched the way the UI launches it (webserver + daemon)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from didact_core.warehouse import Warehouse
+
+from .conftest import REPO, last_days
+from .services import free_port
+
+DAGSTER_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_parallel_processes_share_the_warehouse(settings, didact_env):
+    """Four partitions materialised by four concurrent `dagster asset materialize`
+    processes (each running its steps in further processes): all land, no lock error."""
+    days = last_days(4)
+    # the Dagster instance exists before the runs, as in any deployment (its sqlite
+    # schema migration is not safe to race)
+    dg.DagsterInstance.from_config(didact_env["DAGSTER_HOME"]).dispose()
+    procs = [
+        subprocess.Popen(
+            [str(DAGSTER_BIN / "dagster"), "asset", "materialize", "-m", "didact_assets.definitions",
+             "--select", "raw_node_metrics,job_labels,ai_ready_metrics", "--partition", day],
+            cwd=REPO, env=didact_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for day in days
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+        assert "lock" not in out.lower() or "RUN_SUCCESS" in out
+    wh = Warehouse(settings.home_path)
+    assert wh.partitions("raw_node_metrics") == days
+    assert wh.partitions("ai_ready_metrics") == days
+    rows = wh.sql("select count(*) as n from ai_ready_metrics__samples")["n"][0]
+    assert rows == sum(wh.require("ai_ready_metrics", d).tables["samples"] for d in days)
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    r = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
+    r.raise_for_status()
+    body = r.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            if requests.get(f"{url}/server_info", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+@pytest.fixture
+def dagster_dev(didact_env, tmp_path):
+    """`dagster dev` (webserver + daemon) on a free 127.0.0.1 port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(DAGSTER_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=didact_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, proc)
+        yield url
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings):
+    url = dagster_dev
+    data = graphql(url, "{ assetNodes { assetKey { path } isPartitioned partitionKeys dependencyKeys { path } } }")
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+    assert {"raw_node_metrics", "job_labels", "ai_ready_metrics"} <= set(nodes)
+    ai = nodes["ai_ready_metrics"]
+    assert ai["isPartitioned"]
+    days = last_days(2)
+    assert ai["partitionKeys"][0] == settings.start_date and ai["partitionKeys"][-1] == days[-1]
+    assert {"/".join(d["path"]) for d in ai["dependencyKeys"]} == {"raw_node_metrics", "job_labels"}
+
+    # launch a 2-day backfill of the data spine as the UI's "Materialize → backfill" does
+    launched = graphql(
+        url,
+        """mutation($params: LaunchBackfillParams!) {
+             launchPartitionBackfill(backfillParams: $params) {
+               __typename
+               ... on LaunchBackfillSuccess { backfillId }
+               ... on PythonError { message }
+               ... on InvalidSubsetError { message }
+             } }""",
+        {"params": {"partitionNames": days,
+                    "assetSelection": [{"path": [k]} for k in ("raw_node_metrics", "job_labels", "ai_ready_metrics")]}},
+    )["launchPartitionBackfill"]  # fmt: skip
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(
+            url,
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }",
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]["status"]
+        if status in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED", "COMPLETED_FAILED"):
+            break
+        time.sleep(2)
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    wh = Warehouse(settings.home_path)
+    assert wh.partitions("ai_ready_metrics") == days
+
+    # the UI shows each materialisation with its metadata
+    data = graphql(
+        url,
+        """{ assetOrError(assetKey: {path: ["ai_ready_metrics"]}) { ... on Asset {
+              assetMaterializations(limit: 5) { partition metadataEntries { label } } } } }""",
+    )
+    mats = data["assetOrError"]["assetMaterializations"]
+    assert sorted(m["partition"] for m in mats) == days
+    assert "cleaning/duplicates" in {e["label"] for e in mats[0]["metadataEntries"]}
