@@ -48,7 +48,7 @@ def cmd_demo(args, settings: Settings) -> int:
     from didact_core.pipeline import summary_row
     from didact_core.warehouse import Warehouse
 
-    job = defs.get_job_def(args.job)
+    job = defs.resolve_job_def(args.job)
     days = last_days(args.days)
     console.print(
         f"[bold]didact demo[/]: {settings.source} · {settings.nodes} nodes × {settings.cpus} CPU threads · "

@@ -13,8 +13,13 @@ DAGSTER_YAML = """\
 # written by didact; edit freely (it is not overwritten)
 telemetry:
   enabled: false
-run_queue:
-  max_concurrent_runs: 4
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+  pools:
+    # champion_model runs in pool "didact_model": one training at a time, so the
+    # champion a day starts from is never moved under it by another run
+    default_limit: 1
 """
 
 

@@ -30,6 +30,16 @@ class DidactResource(dg.ConfigurableResource):
     workers: int = _ENV.workers
     mlflow_tracking_uri: str = _ENV.mlflow_tracking_uri
     model_name: str = _ENV.model_name
+    model_family: str = _ENV.model_family
+    model_lr: float = _ENV.model_lr
+    model_max_epochs: int = _ENV.model_max_epochs
+    model_batch_size: int = _ENV.model_batch_size
+    model_warm_start: bool = _ENV.model_warm_start
+    max_train_samples: int = _ENV.max_train_samples
+    replay_fraction: float = _ENV.replay_fraction
+    replay_days: int = _ENV.replay_days
+    holdout_fraction: float = _ENV.holdout_fraction
+    promotion_tolerance: float = _ENV.promotion_tolerance
 
     def settings(self) -> Settings:
         fields = self.model_dump()

@@ -74,6 +74,22 @@ class Settings:
     # MLflow: empty means sqlite + local artifacts under home
     mlflow_tracking_uri: str = ""
     model_name: str = "didact-autoencoder"
+    # continual training
+    model_family: str = "autoencoder"
+    model_lr: float = 3e-3
+    model_max_epochs: int = 20
+    model_batch_size: int = 4096
+    #: continue from the champion's weights (False: train each day from scratch)
+    model_warm_start: bool = True
+    #: today's samples used for training at most (a seeded sample)
+    max_train_samples: int = 200_000
+    #: replayed samples of earlier days, as a fraction of today's training samples
+    replay_fraction: float = 0.3
+    replay_days: int = 7
+    #: fraction of each day held out for evaluation and the promotion gate
+    holdout_fraction: float = 0.2
+    #: the challenger may be this much worse (relative error) than the champion and still pass
+    promotion_tolerance: float = 0.05
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
@@ -120,6 +136,13 @@ class Settings:
             ) from None
         if not self.features:
             raise DidactError("features", "the feature list is empty", "name at least one feature")
+        for name in ("replay_fraction", "promotion_tolerance"):
+            if getattr(self, name) < 0:
+                raise DidactError(f"{name}={getattr(self, name)}", "must not be negative")
+        if not 0 < self.holdout_fraction < 1:
+            raise DidactError(f"holdout_fraction={self.holdout_fraction}", "must be strictly between 0 and 1")
+        if self.max_train_samples < 1:
+            raise DidactError(f"max_train_samples={self.max_train_samples}", "must be at least 1")
 
     # -- paths -----------------------------------------------------------------
     @property

@@ -1,0 +1,26 @@
+"""didact's detector as an MLflow pyfunc model ("models from code": no pickle).
+
+MLflow copies this file into each logged model; ``mlflow models serve`` (with didact
+installed) loads the detector from the model's ``detector`` artifact and answers with
+one row per input row: reconstruction error, latent coordinates and the OOD flag
+(:func:`didact_core.registry.predict_frame`).  didact never imports this file itself.
+"""
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import set_model
+
+
+class DidactDetectorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from didact_core.models.detector import Detector
+
+        self.detector = Detector.load(context.artifacts["detector"])
+
+    def predict(self, context, model_input, params=None):
+        from didact_core.registry import predict_frame
+
+        return predict_frame(self.detector, pd.DataFrame(model_input))
+
+
+set_model(DidactDetectorModel())

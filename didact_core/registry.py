@@ -1,0 +1,255 @@
+"""The MLflow model registry, as didact uses it.
+
+One registered model per model family (``settings.model_name``).  Versions carry
+aliases, not the deprecated stages:
+
+* ``challenger`` — the newest trained version, waiting for the promotion gate;
+* ``champion`` — the version that serving and the next day's training load;
+* ``previous_champion`` — what ``champion`` pointed at before its last move, so a
+  rollback needs no version number.
+
+Tracking and registry default to sqlite + local artifacts under ``DIDACT_HOME``; set
+``DIDACT_MLFLOW_TRACKING_URI`` for a real tracking server.
+
+Why not dagster-mlflow's ``mlflow_tracking`` resource: it opens one MLflow run per
+Dagster run at resource initialisation and relies on the ``end_mlflow_on_run_finished``
+hook to close it, so a bare ``materialize`` (or any job without the hook) leaves runs
+RUNNING.  Here every MLflow run is a context manager around the work itself: it ends
+FINISHED, or FAILED on any exception, on every path (UI, CLI, backfill, sensor).
+
+Models are logged as MLflow pyfunc models (with a signature, servable by
+``mlflow models serve``) whose code is a file, not a pickle; didact itself loads only
+the detector's ``config.json`` + ``weights.pt`` (``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous_champion"
+EXPERIMENT = "didact"
+_PYFUNC_CODE = Path(__file__).resolve().parent / "mlflow_pyfunc.py"
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: int
+    run_id: str | None
+    source: str
+    aliases: tuple[str, ...]
+    tags: dict
+
+
+class ModelRegistry:
+    """Thin wrapper over ``MlflowClient`` for didact's aliases and model files."""
+
+    def __init__(self, settings: Settings):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.settings = settings
+        self.name = settings.model_name
+        self.tracking_uri = settings.tracking_uri
+        if self.tracking_uri.startswith("sqlite:///"):
+            settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self.experiment_id = self._experiment()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run a registry call; connection problems become a RegistryError."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as e:
+            raise RegistryError(
+                f"MLflow at {self.tracking_uri}", f"{what} failed: {e.message[:300]}",
+                "check DIDACT_MLFLOW_TRACKING_URI and that the tracking server is up",
+            ) from None  # fmt: skip
+        except OSError as e:
+            raise RegistryError(f"MLflow at {self.tracking_uri}", f"{what} failed: {e}") from None
+
+    def _experiment(self) -> str:
+        exp = self._call("looking up the experiment", self.client.get_experiment_by_name, EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.settings.artifact_uri if self.tracking_uri.startswith("sqlite:") else None
+        return self._call("creating the experiment", self.client.create_experiment, EXPERIMENT, location)
+
+    # -- runs ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, run_name: str, tags: dict | None = None):
+        """An MLflow run that always ends: FINISHED, or FAILED when the block raises."""
+        import mlflow
+
+        if mlflow.active_run() is not None:  # never nest into a stray run of the process
+            mlflow.end_run("FAILED")
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags or {}) as run:
+            yield run
+
+    def runs(self, status: str | None = None) -> list:
+        """Runs of the didact experiment (for tests and ``didact status``)."""
+        flt = f"attributes.status = '{status}'" if status else ""
+        return self.client.search_runs([self.experiment_id], filter_string=flt, max_results=10_000)
+
+    # -- versions and aliases ---------------------------------------------------------
+    def log_and_register(self, detector, example, tags: dict | None = None) -> ModelVersionInfo:
+        """Log ``detector`` in the active run as a pyfunc model with a signature and
+        register it as a new version (alias ``challenger``)."""
+        import mlflow
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        with tempfile.TemporaryDirectory(prefix="didact-model-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about int columns and type hints
+            det_dir = detector.save(Path(tmp) / "detector")
+            example = pd.DataFrame(example, columns=list(detector.feature_names)).head(64)
+            signature = infer_signature(example, predict_frame(detector, example))
+            info = self._call(
+                "logging the model",
+                mlflow.pyfunc.log_model,
+                name="model",
+                python_model=str(_PYFUNC_CODE),
+                artifacts={"detector": str(det_dir)},
+                signature=signature,
+                pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}", "pandas", "numpy"],
+            )
+        run_id = mlflow.active_run().info.run_id
+        self._ensure_registered()
+        mv = self._call(
+            "registering the model", self.client.create_model_version, self.name, info.model_uri,
+            run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()},
+        )  # fmt: skip
+        version = int(mv.version)
+        self.set_alias(CHALLENGER, version)
+        return self.version(version)
+
+    def _ensure_registered(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self._call("creating the registered model", self.client.create_registered_model, self.name,
+                       description="didact detector: trained day by day; aliases champion/challenger")  # fmt: skip
+
+    def version(self, version: int) -> ModelVersionInfo:
+        mv = self._call(f"reading version {version}", self.client.get_model_version, self.name, str(version))
+        return _info(mv)
+
+    def versions(self) -> list[ModelVersionInfo]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{self.name}'")
+        except MlflowException:
+            return []
+        return sorted((_info(mv) for mv in found), key=lambda v: v.version)
+
+    def alias(self, alias: str) -> int | None:
+        """The version an alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return int(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException as e:
+            if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "not found" in str(e).lower() or "alias" in str(e).lower():
+                return None
+            raise RegistryError(f"MLflow at {self.tracking_uri}", f"reading alias {alias} failed: {e.message}") from None
+
+    def set_alias(self, alias: str, version: int) -> None:
+        self._call(f"setting alias {alias}", self.client.set_registered_model_alias, self.name, alias, str(version))
+
+    def promote(self, version: int) -> int | None:
+        """Move ``champion`` to ``version``; the old champion becomes ``previous_champion``.
+        Returns the old champion (None on the first promotion)."""
+        old = self.alias(CHAMPION)
+        if old is not None and old != version:
+            self.set_alias(PREVIOUS, old)
+        self.set_alias(CHAMPION, version)
+        log.info("%s: champion v%s → v%d", self.name, old, version)
+        return old
+
+    # -- model files ----------------------------------------------------------------
+    def load(self, version: int):
+        """The detector of a registered version (config.json + weights, never a pickle)."""
+        import mlflow
+
+        from .models.detector import Detector
+
+        info = self.version(version)
+        tmp = tempfile.mkdtemp(prefix="didact-load-")
+        try:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=tmp)
+            except Exception as e:  # noqa: BLE001 — MLflow raises many types for a missing artifact
+                raise RegistryError(
+                    f"model {self.name} v{version} (artifacts at {info.source})",
+                    f"cannot be downloaded: {str(e)[:300]}",
+                    "restore the artifact store, or roll the champion back to a version whose files exist",
+                ) from None
+            det_dir = Path(local) / "artifacts" / "detector"
+            if not (det_dir / "config.json").is_file():
+                raise RegistryError(
+                    f"model {self.name} v{version} (artifacts at {info.source})",
+                    "cannot be downloaded: its files are missing from the artifact store",
+                    "restore the artifact store, or roll the champion back to a version whose files exist",
+                )
+            return Detector.load(det_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_alias(self, alias: str = CHAMPION):
+        """(detector, version) for an alias, or (None, None) when it is not set."""
+        v = self.alias(alias)
+        if v is None:
+            return None, None
+        return self.load(v), v
+
+
+def predict_frame(detector, frame):
+    """What the logged pyfunc model answers: reconstruction error, latent coordinates, OOD flag."""
+    import pandas as pd
+
+    scores = detector.score_samples(frame)
+    z = detector.embed(frame)
+    out = pd.DataFrame({"reconstruction_error": scores})
+    for i in range(z.shape[1]):
+        out[f"latent_{i}"] = z[:, i].astype("float64")
+    out["ood"] = (scores > detector.threshold_).astype("float64")
+    return out
+
+
+def _info(mv) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        run_id=mv.run_id,
+        source=mv.source,
+        aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        tags=dict(mv.tags or {}),
+    )
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)
