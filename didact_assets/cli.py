@@ -163,6 +163,32 @@ def cmd_status(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_review(args, settings: Settings) -> int:
+    from didact_core.review import ReviewQueue
+
+    queue = ReviewQueue(settings)
+    if args.action == "list":
+        df = queue.list(status=None if args.status == "all" else args.status, limit=args.limit)
+        if df.empty:
+            console.print(f"no {args.status} OOD events")
+            return 0
+        rows = [
+            {"id": r["id"], "time (UTC)": str(r["ts"])[:19], "node": r["node"], "cpu": r["cpu"] if r["cpu"] >= 0 else "all",
+             "error": f"{r['score']:.4g}", "threshold": f"{r['threshold']:.4g}",
+             "× thr": f"{r['score'] / r['threshold']:.1f}" if r["threshold"] else "",
+             "nearest flavour": r["nearest_flavour"] or "", "model": f"v{r['model_version']}",
+             "status": r["status"], "by": r["verdict_by"] or "", "reason": r["reason"] or ""}
+            for r in df.to_dict("records")
+        ]  # fmt: skip
+        console.print(_table(f"OOD events ({args.status})", rows))
+        return 0
+    if args.id is None:
+        raise DidactError(f"didact review {args.action}", "needs an event ID", "didact review list shows them")
+    ev = queue.verdict(args.id, args.action, args.reason, actor=args.actor or None)
+    console.print(f"event {ev['id']} ({ev['node']} at {str(ev['ts'])[:19]}): {ev['status']} by {ev['verdict_by']}")
+    return 0
+
+
 def cmd_ui(args, settings: Settings) -> int:
     from didact_assets.instance import ensure_instance
 
@@ -221,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="what is stored: partitions, versions, models")
     st.set_defaults(func=cmd_status)
+
+    rv = sub.add_parser("review", help="vet out-of-distribution events: list, accept ID, reject ID")
+    rv.add_argument("action", choices=["list", "accept", "reject"])
+    rv.add_argument("id", nargs="?", type=int, help="event id (accept/reject)")
+    rv.add_argument("--reason", default="", help="why (required for accept/reject)")
+    rv.add_argument("--actor", default="", help="who (default: your login)")
+    rv.add_argument("--status", default="pending", choices=["pending", "accepted", "rejected", "all"])
+    rv.add_argument("--limit", type=int, default=50)
+    rv.set_defaults(func=cmd_review)
 
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
     ui.add_argument("--host", default="127.0.0.1")

@@ -17,3 +17,17 @@ data_spine_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="Raw node metrics, job labels and AI-ready samples for one day.",
 )
+
+retrain_job = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.assets("job_labels", "ai_ready_metrics", "ood_review", "champion_model", "model_evaluation"),
+    partitions_def=daily_partitions,
+    description="Rebuild a day from its raw data and retrain on it (launched by the new-raw-data sensor).",
+)
+
+model_job = dg.define_asset_job(
+    "retrain_model",
+    selection=dg.AssetSelection.assets("ood_review", "champion_model", "model_evaluation"),
+    partitions_def=daily_partitions,
+    description="Retrain and evaluate on a day's existing AI-ready data (launched by the drift sensor).",
+)

@@ -33,7 +33,8 @@ import pandas as pd
 from .config import Settings
 from .errors import DataQualityError, DidactError
 from .pipeline import AI_READY
-from .registry import CHALLENGER, CHAMPION, PREVIOUS, ModelRegistry, ModelVersionInfo
+from .registry import CHAMPION, PREVIOUS, ModelRegistry, ModelVersionInfo
+from .review import ReviewQueue, accepted_samples, rejected_mask
 from .versioning import code_version
 from .warehouse import Warehouse, read_part
 
@@ -163,6 +164,10 @@ class TrainOutcome:
     seconds: float
     data_versions: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
+    #: training rows left out because a rejected OOD event covers them
+    excluded_by_review: int = 0
+    #: training rows from accepted OOD events (each repeated ACCEPTED_WEIGHT times)
+    added_from_review: int = 0
 
 
 def model_config(settings: Settings, n_features: int):
@@ -183,12 +188,11 @@ def train_day(
     day: str,
     run_id: str | None = None,
     logger: logging.Logger | None = None,
-    exclude=None,
 ) -> TrainOutcome:
     """Train day ``day``'s challenger from the champion, register it, gate it (see module doc).
 
-    ``exclude`` is an optional callable ``frame -> boolean mask`` of rows to leave out of
-    training (the OOD review's rejected events).
+    The OOD review's verdicts apply: samples covered by rejected events are left out
+    (today's and the replay days'), accepted events not trained on yet are added.
     """
     import mlflow
 
@@ -202,9 +206,13 @@ def train_day(
     _check_features(wh, day, features)
     cols = [*features, *_extra_columns(wh, day)]
     today = load_split(wh, day, "train", settings.max_train_samples, settings, cols)
+    queue = ReviewQueue(settings)
+    decided = queue.decided()
+    rejected = decided[decided["status"] == "rejected"]
+    accepted = decided[(decided["status"] == "accepted") & decided["trained_in_version"].isna()]
     excluded = 0
-    if exclude is not None and len(today):
-        mask = np.asarray(exclude(today), dtype=bool)
+    if len(rejected) and len(today):
+        mask = rejected_mask(today, rejected, settings.interval_s / 2)
         excluded = int(mask.sum())
         today = today[~mask].reset_index(drop=True)
     if today.empty:
@@ -216,6 +224,11 @@ def train_day(
         for d in replay_days if n_replay
     ]  # fmt: skip
     replay_df = pd.concat(replay, ignore_index=True) if replay else today.iloc[:0]
+    if len(rejected) and len(replay_df):
+        mask = rejected_mask(replay_df, rejected, settings.interval_s / 2)
+        excluded += int(mask.sum())
+        replay_df = replay_df[~mask].reset_index(drop=True)
+    added = accepted_samples(accepted, list(features))
     holdout = load_split(wh, day, "holdout", EVAL_SAMPLES, settings, cols)
     replay_holdout = pd.concat(
         [load_split(wh, d, "holdout", max(1, EVAL_SAMPLES // len(replay_days)), settings, cols) for d in replay_days],
@@ -240,7 +253,8 @@ def train_day(
     data_versions = {f"{AI_READY}/{day}": wh.require(AI_READY, day).ref}
     for d in replay_days:
         data_versions[f"{AI_READY}/{d}"] = wh.require(AI_READY, d).ref
-    train_df = pd.concat([today, replay_df], ignore_index=True)
+    parts = [today, replay_df, added.drop(columns=["review_id"])]
+    train_df = pd.concat([p for p in parts if len(p)], ignore_index=True)
     tags = {"didact.day": day, "didact.kind": "train", "didact.dagster_run_id": run_id or "",
             "didact.parent_version": str(parent or ""), "didact.code_version": TRAIN_CODE_VERSION}  # fmt: skip
     with registry.run(f"train {day}", tags=tags) as run:
@@ -248,7 +262,8 @@ def train_day(
         mlflow.log_params({
             "data.day": day, "data.features": ",".join(features), "data.n_today": len(today),
             "data.n_replay": len(replay_df), "data.replay_days": ",".join(replay_days) or "-",
-            "data.excluded_by_review": excluded, "parent_version": parent or "none",
+            "data.excluded_by_review": excluded, "data.added_from_review": len(added),
+            "data.accepted_events": len(accepted), "parent_version": parent or "none",
             "warm_start": champion is not None and settings.model_warm_start,
             "code_version": TRAIN_CODE_VERSION,
         })  # fmt: skip
@@ -275,16 +290,22 @@ def train_day(
         _log_png(plot_losses(challenger.fit_result_.history), "losses.png")
         _log_png(plot_error_hist(challenger.score_samples(holdout[list(features)]), challenger.threshold_),
                  "error_hist.png")
+        centroids = {}
+        if "label" in ev:
+            centroids = {str(k): [round(float(c), 5) for c in g.mean(axis=0)]
+                         for k, g in pd.DataFrame(z).groupby(ev["label"].to_numpy())}  # fmt: skip
         mv = registry.log_and_register(
             challenger, today[list(features)].head(64),
-            tags={"day": day, "parent_version": parent or "", "data_version": data_versions[f"{AI_READY}/{day}"]},
-        )
+            tags={"day": day, "parent_version": parent or "", "data_version": data_versions[f"{AI_READY}/{day}"],
+                  "centroids": json.dumps(centroids)},
+        )  # fmt: skip
         gate = promotion_gate(challenger, champion, {"holdout": holdout, "replay": replay_holdout},
                               settings.promotion_tolerance)  # fmt: skip
         mlflow.log_dict(gate.metadata(), "promotion_gate.json")
         mlflow.set_tags({"didact.model_version": str(mv.version), "didact.gate": "pass" if gate.passed else "fail"})
         mlflow_run_id = run.info.run_id
 
+    queue.mark_trained(accepted["id"].tolist(), mv.version)
     wh.record(
         "register", MODEL_ASSET, partition=day, version=f"m{mv.version}", model_version=str(mv.version),
         code_version=TRAIN_CODE_VERSION, upstream={**data_versions, "parent_model_version": parent},
@@ -304,6 +325,7 @@ def train_day(
         day=day, version=mv, parent_version=parent, mlflow_run_id=mlflow_run_id, gate=gate, promoted=promoted,
         champion_version=registry.alias(CHAMPION), n_train=len(today), n_replay=len(replay_df),
         seconds=time.perf_counter() - t0, data_versions=data_versions, fit=fit,
+        excluded_by_review=excluded, added_from_review=len(added),
     )  # fmt: skip
 
 
@@ -322,7 +344,7 @@ def _extra_columns(wh: Warehouse, day: str) -> list[str]:
     import pyarrow.parquet as pq
 
     names = pq.read_schema(wh.part_paths(AI_READY, day, "samples")[0]).names
-    return [c for c in ("label", "fault", "node", "ts") if c in names]
+    return [c for c in ("label", "fault", "node", "cpu", "ts") if c in names]
 
 
 def _log_png(png: bytes, name: str) -> None:
@@ -393,6 +415,7 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
             [load_split(wh, d, "holdout", EVAL_SAMPLES // len(first), settings, cols) for d in first], ignore_index=True
         )
 
+    rejected_events = _event_features(ReviewQueue(settings).decided(), "rejected", features)
     metrics: dict = {}
     plots = {}
     for who, (det, version) in models.items():
@@ -415,6 +438,13 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
                                                      title=f"{who} v{version}")  # fmt: skip
                 plots[f"{who}_error_hist"] = plot_error_hist(s, det.threshold_)
             metrics.setdefault(who, {})[name] = m
+        if len(rejected_events) and "holdout" in sets:
+            normal = det.score_samples(sets["holdout"][features])
+            anomal = det.score_samples(rejected_events[features])
+            metrics[who]["review"] = {
+                "rejected_events": len(rejected_events),
+                "rejected_roc_auc": roc_auc(np.r_[normal, anomal], np.r_[np.zeros(len(normal)), np.ones(len(anomal))]),
+            }
 
     challenger_v = challenger_info.version
     baseline_v = int(parent) if parent else None
@@ -438,6 +468,12 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
     wh.record("evaluate", EVAL_ASSET, partition=day, model_version=str(challenger_v), run_id=run_id,
               mlflow_run_id=mlflow_run_id, upstream={"parent_model_version": baseline_v, "champion": champion_v})  # fmt: skip
     return EvaluationOutcome(day, champion_v, challenger_v, baseline_v, metrics, mlflow_run_id)
+
+
+def _event_features(decided: pd.DataFrame, status: str, features: list[str]) -> pd.DataFrame:
+    rows = [json.loads(f or "{}") for f in decided.loc[decided["status"] == status, "features"]]
+    rows = [r for r in rows if all(k in r for k in features)]
+    return pd.DataFrame(rows, columns=features)
 
 
 # -- rollback and status ----------------------------------------------------------------------------------

@@ -317,6 +317,14 @@ class Warehouse:
                 time.sleep(wait)
                 wait = min(wait * 2, 1.0)
 
+    def catalog(self, write: bool = False):
+        """A short catalog connection under the warehouse lock (``with wh.catalog(True) as con``).
+
+        For other didact tables that live in the same DuckDB file (the OOD review queue).
+        Keep the block short: every Dagster step waits for the lock while it is held.
+        """
+        return self._db(write=write)
+
     def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
         """Run a read-only query against the catalog (and its views)."""
         with self._db(write=False) as con:

@@ -49,6 +49,9 @@ def didact_env(settings, monkeypatch) -> dict:
         "DIDACT_INTERVAL_S": str(settings.interval_s),
         "DIDACT_SEED": str(settings.seed),
         "DIDACT_WORKERS": "1",
+        # the daemon in the webserver tests must not start runs of its own
+        "DIDACT_SCHEDULE_ENABLED": "0",
+        "DIDACT_SENSORS_ENABLED": "0",
         "DAGSTER_HOME": str(Path(settings.home) / "dagster"),
     }
     Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)

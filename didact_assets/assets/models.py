@@ -7,6 +7,7 @@ from didact_core import continual
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of
+from .review import ood_review
 from .telemetry import ai_ready_metrics
 
 PROMOTION_GATE = "promotion_gate"
@@ -17,7 +18,7 @@ _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 @dg.asset(
     partitions_def=daily_partitions,
-    deps=[ai_ready_metrics, dg.AssetDep("champion_model", partition_mapping=_previous_day)],
+    deps=[ai_ready_metrics, ood_review, dg.AssetDep("champion_model", partition_mapping=_previous_day)],
     code_version=continual.TRAIN_CODE_VERSION,
     group_name="models",
     kinds={"pytorch", "mlflow"},
@@ -54,6 +55,8 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
             "gate": out.gate.reason,
             "mlflow_run_id": out.mlflow_run_id,
             "train_samples": out.n_train,
+            "excluded_by_review": out.excluded_by_review,
+            "added_from_review": out.added_from_review,
             "replay_samples": out.n_replay,
             "epochs": out.fit.get("epochs", 0),
             "best_val_loss": out.fit.get("best_val_loss", float("nan")),

@@ -1,0 +1,260 @@
+"""The OOD review queue: unusual behaviour waits for a person before it becomes "normal".
+
+Serving adds an event whenever a node's reconstruction error crosses the champion's
+threshold.  An operator vets it (``didact review list`` / ``accept`` / ``reject``):
+
+* **accepted** — the behaviour is legitimate: the event's samples join the next
+  training run as normal data (repeated ``ACCEPTED_WEIGHT`` times, so the model learns
+  them), once;
+* **rejected** — it is a real anomaly: matching samples are excluded from training and
+  kept as labelled anomalies for evaluation.
+
+The queue lives in the warehouse's DuckDB file (table ``ood_events``, plus
+``scoring_stats`` for the live OOD rate).  Every access takes the warehouse lock for a
+few milliseconds, so serving can write events while Dagster runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .config import Settings
+from .errors import DidactError
+from .warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("pending", "accepted", "rejected")
+VERDICTS = {"accept": "accepted", "reject": "rejected"}
+#: how many times an accepted event's sample is repeated in the next training set
+ACCEPTED_WEIGHT = 20
+
+_SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS ood_event_id;
+CREATE TABLE IF NOT EXISTS ood_events (
+    id BIGINT DEFAULT nextval('ood_event_id') PRIMARY KEY,
+    ts TIMESTAMPTZ NOT NULL,
+    node VARCHAR NOT NULL,
+    cpu INTEGER NOT NULL,
+    score DOUBLE NOT NULL,
+    threshold DOUBLE NOT NULL,
+    model_version INTEGER,
+    nearest_flavour VARCHAR,
+    latent_0 DOUBLE,
+    latent_1 DOUBLE,
+    features JSON,
+    status VARCHAR NOT NULL DEFAULT 'pending',
+    verdict_by VARCHAR,
+    verdict_at TIMESTAMPTZ,
+    reason VARCHAR,
+    trained_in_version INTEGER
+);
+CREATE TABLE IF NOT EXISTS scoring_stats (
+    ts TIMESTAMPTZ NOT NULL,
+    samples BIGINT NOT NULL,
+    ood BIGINT NOT NULL,
+    model_version INTEGER
+);
+"""
+
+
+class ReviewQueue:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.wh = Warehouse(settings.home_path, settings.retention_versions)
+        self._centroids: dict[int, dict] = {}
+        with self.wh.catalog(write=True) as con:
+            con.execute(_SCHEMA)
+
+    # -- serving side ---------------------------------------------------------------
+    def add_events(self, events: pd.DataFrame) -> list[int]:
+        """Store OOD events (columns ts, node, cpu, score, threshold, model_version,
+        features, latent_0, latent_1; ``nearest_flavour`` is filled in when missing).
+        Returns their ids."""
+        if events is None or events.empty:
+            return []
+        missing = [c for c in ("ts", "node", "cpu", "score", "threshold") if c not in events]
+        if missing:
+            raise DidactError("OOD events", f"lack column(s) {missing}")
+        ev = events.copy()
+        if "nearest_flavour" not in ev:
+            ev["nearest_flavour"] = [self._nearest(r) for r in ev.to_dict("records")]
+        rows = [
+            (pd.Timestamp(r["ts"]).to_pydatetime(), str(r["node"]), int(r["cpu"]), float(r["score"]),
+             float(r["threshold"]), _int(r.get("model_version")), r.get("nearest_flavour"),
+             _float(r.get("latent_0")), _float(r.get("latent_1")), json.dumps(r.get("features") or {}, default=float))
+            for r in ev.to_dict("records")
+        ]  # fmt: skip
+        with self.wh.catalog(write=True) as con:
+            ids = []
+            for row in rows:
+                ids.append(con.execute(
+                    """insert into ood_events (ts, node, cpu, score, threshold, model_version, nearest_flavour,
+                       latent_0, latent_1, features) values (?,?,?,?,?,?,?,?,?,?) returning id""", list(row),
+                ).fetchone()[0])  # fmt: skip
+        return ids
+
+    def record_scoring(self, ts, samples: int, ood: int, model_version: int | None) -> None:
+        """One scoring interval's totals (the drift sensor's OOD rate is built from them)."""
+        with self.wh.catalog(write=True) as con:
+            con.execute("insert into scoring_stats values (?,?,?,?)",
+                        [pd.Timestamp(ts).to_pydatetime(), int(samples), int(ood), _int(model_version)])  # fmt: skip
+
+    def ood_rate(self, since: dt.datetime) -> tuple[float, int]:
+        """(OOD fraction, samples scored) since ``since``."""
+        with self.wh.catalog() as con:
+            n, k = con.execute("select coalesce(sum(samples),0), coalesce(sum(ood),0) from scoring_stats where ts >= ?",
+                               [since]).fetchone()  # fmt: skip
+        return (k / n if n else 0.0), int(n)
+
+    def _nearest(self, event: dict) -> str | None:
+        """The job flavour whose latent centroid (stored with the model version) is nearest."""
+        v = _int(event.get("model_version"))
+        z = (_float(event.get("latent_0")), _float(event.get("latent_1")))
+        if v is None or None in z:
+            return None
+        if v not in self._centroids:
+            try:
+                from .registry import ModelRegistry
+
+                tag = ModelRegistry(self.settings).version(v).tags.get("centroids", "{}")
+                self._centroids[v] = json.loads(tag)
+            except (DidactError, ValueError):
+                self._centroids[v] = {}
+        cents = self._centroids[v]
+        if not cents:
+            return None
+        names = list(cents)
+        d = np.linalg.norm(np.asarray([cents[n] for n in names]) - np.asarray(z), axis=1)
+        return names[int(np.argmin(d))]
+
+    # -- operator side ----------------------------------------------------------------
+    def list(self, status: str | None = "pending", limit: int = 100, day: str | None = None) -> pd.DataFrame:
+        if status is not None and status not in STATUSES:
+            raise DidactError(f"status {status!r}", "is not a review status", f"use one of {', '.join(STATUSES)}")
+        q, args = "select * from ood_events where true", []
+        if status:
+            q += " and status = ?"
+            args.append(status)
+        if day:
+            q += " and ts >= ?::DATE and ts < ?::DATE + INTERVAL 1 DAY"
+            args += [day, day]
+        with self.wh.catalog() as con:
+            return con.execute(q + f" order by id limit {int(limit)}", args).df()
+
+    def get(self, event_id: int) -> dict:
+        with self.wh.catalog() as con:
+            df = con.execute("select * from ood_events where id = ?", [int(event_id)]).df()
+        if df.empty:
+            with self.wh.catalog() as con:
+                n = con.execute("select count(*), max(id) from ood_events").fetchone()
+            raise DidactError(f"OOD event {event_id}", "does not exist",
+                              f"`didact review list` shows the pending ones (ids 1…{n[1] or 0})")  # fmt: skip
+        return df.iloc[0].to_dict()
+
+    def verdict(self, event_id: int, verdict: str, reason: str, actor: str | None = None) -> dict:
+        """Accept or reject a pending event; who and when are recorded (also in lineage)."""
+        if verdict not in VERDICTS:
+            raise DidactError(f"verdict {verdict!r}", "is not a verdict", "use accept or reject")
+        if not reason or not reason.strip():
+            raise DidactError(f"{verdict} of event {event_id}", "needs a reason", "pass --reason '...'")
+        event = self.get(event_id)
+        if event["status"] != "pending":
+            raise DidactError(
+                f"OOD event {event_id}",
+                f"was already {event['status']} by {event['verdict_by']} at {str(event['verdict_at'])[:19]}",
+                "verdicts are final; add a note in a new event if it recurs",
+            )
+        actor = actor or getpass.getuser()
+        now = dt.datetime.now(dt.timezone.utc)
+        status = VERDICTS[verdict]
+        with self.wh.catalog(write=True) as con:
+            changed = con.execute(
+                "update ood_events set status=?, verdict_by=?, verdict_at=?, reason=? where id=? and status='pending' returning id",
+                [status, actor, now, reason, int(event_id)],
+            ).fetchall()  # fmt: skip
+        if not changed:  # someone else decided in between
+            return self.verdict(event_id, verdict, reason, actor)
+        self.wh.record("review", "ood_review", partition=str(pd.Timestamp(event["ts"]).date()),
+                       version=f"event{event_id}", actor=actor, reason=f"{status}: {reason}")  # fmt: skip
+        return self.get(event_id)
+
+    # -- training side ------------------------------------------------------------------
+    def decided(self, until: dt.datetime | None = None) -> pd.DataFrame:
+        """All accepted/rejected events (decided before ``until``)."""
+        q, args = "select * from ood_events where status in ('accepted', 'rejected')", []
+        if until is not None:
+            q += " and verdict_at <= ?"
+            args.append(until)
+        with self.wh.catalog() as con:
+            return con.execute(q + " order by id", args).df()
+
+    def mark_trained(self, event_ids: list[int], model_version: int) -> None:
+        if not event_ids:
+            return
+        with self.wh.catalog(write=True) as con:
+            con.execute(f"update ood_events set trained_in_version=? where id in ({','.join('?' * len(event_ids))})",
+                        [model_version, *map(int, event_ids)])  # fmt: skip
+
+
+def rejected_mask(samples: pd.DataFrame, rejected: pd.DataFrame, window_s: float) -> np.ndarray:
+    """Rows of ``samples`` (node, cpu, ts) that a rejected event covers: same node, same
+    cpu (or any, for node-level events), ts within ``window_s`` of the event."""
+    mask = np.zeros(len(samples), dtype=bool)
+    if rejected.empty or samples.empty:
+        return mask
+    ts = pd.to_datetime(samples["ts"], utc=True)
+    node = samples["node"].astype(str).to_numpy()
+    cpu = samples["cpu"].to_numpy()
+    for ev in rejected.to_dict("records"):
+        t = pd.Timestamp(ev["ts"]).tz_convert("UTC") if pd.Timestamp(ev["ts"]).tzinfo else pd.Timestamp(ev["ts"], tz="UTC")
+        near = (ts - t).abs() <= pd.Timedelta(seconds=window_s)
+        m = near.to_numpy() & (node == ev["node"])
+        if ev["cpu"] >= 0:
+            m &= cpu == ev["cpu"]
+        mask |= m
+    return mask
+
+
+def accepted_samples(accepted: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """Accepted events' feature vectors, repeated ACCEPTED_WEIGHT times, as training rows."""
+    rows = []
+    for ev in accepted.to_dict("records"):
+        f = json.loads(ev["features"] or "{}")
+        if all(k in f for k in features):
+            rows.append({k: float(f[k]) for k in features} | {"label": "accepted_ood", "review_id": ev["id"]})
+    if not rows:
+        return pd.DataFrame(columns=[*features, "label", "review_id"])
+    df = pd.DataFrame(rows)
+    return df.loc[df.index.repeat(ACCEPTED_WEIGHT)].reset_index(drop=True)
+
+
+def _int(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else int(v)
+
+
+def _float(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def snapshot(settings: Settings, day: str, run_id: str | None = None):
+    """Save the verdicts known now as ``ood_review/<day>`` (what that day's training sees).
+
+    Returns (VersionInfo, counts by status)."""
+    queue = ReviewQueue(settings)
+    with queue.wh.catalog() as con:
+        events = con.execute("select * from ood_events order by id").df()
+        counts = dict(con.execute("select status, count(*) from ood_events group by 1").fetchall())
+    decided = events[events["status"] != "pending"].copy() if len(events) else events
+    decided["features"] = decided["features"].astype(str) if len(decided) else decided.get("features")
+    if decided.empty:
+        decided = pd.DataFrame({"id": pd.Series([], dtype="int64"), "status": pd.Series([], dtype=str)})
+    info = queue.wh.write("ood_review", day, {"events": decided}, run_id=run_id,
+                          metadata={"counts": {s: int(counts.get(s, 0)) for s in STATUSES}})  # fmt: skip
+    return info, {s: int(counts.get(s, 0)) for s in STATUSES}
