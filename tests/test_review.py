@@ -67,7 +67,7 @@ def test_verdicts_change_the_next_training_set(msettings, monkeypatch, capsys):
     assert "OOD event 999: does not exist" in capsys.readouterr().out
     with pytest.raises(DidactError, match="was already accepted by ana"):
         queue.verdict(ids[0], "reject", "changed my mind")
-    [extra] = queue.add_events(pd.DataFrame([event_from(picked.iloc[0], features)]))
+    [extra] = queue.add_events(pd.DataFrame([event_from(picked.iloc[1], features)]))
     with pytest.raises(DidactError, match="needs a reason"):
         queue.verdict(extra, "accept", " ")
     queue.verdict(extra, "reject", "duplicate of an earlier event")
