@@ -3,8 +3,11 @@ and a backfill launched the way the UI launches it (webserver + daemon)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,7 +87,6 @@ def dagster_dev(didact_env, tmp_path):
         wait_for(url, proc)
         yield url
     finally:
-        import os
         import signal
 
         os.killpg(proc.pid, signal.SIGTERM)
@@ -94,7 +96,22 @@ def dagster_dev(didact_env, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings):
+def chromium(*args: str) -> str:
+    """Debian's Chromium, headless, with a budget for the UI's scripts to render."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium is not installed: run scripts/install_system_deps.sh"
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+             "--virtual-time-budget=20000", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, tmp_path):
     url = dagster_dev
     data = graphql(url, "{ assetNodes { assetKey { path } isPartitioned partitionKeys dependencyKeys { path } } }")
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
@@ -145,3 +162,39 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings):
     mats = data["assetOrError"]["assetMaterializations"]
     assert sorted(m["partition"] for m in mats) == days
     assert "cleaning/duplicates" in {e["label"] for e in mats[0]["metadataEntries"]}
+
+    # a single run launched as the launchpad does: the data-spine job for one more day
+    day = last_days(3)[0]
+    launched = graphql(
+        url,
+        """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+             __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {"p": {"selector": {"repositoryLocationName": "didact", "repositoryName": "__repository__",
+                            "jobName": "data_spine"},
+               "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]}}},
+    )["launchRun"]  # fmt: skip
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = graphql(url, 'query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }',
+                         {"id": run_id})["runOrError"]["status"]  # fmt: skip
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS"
+    assert day in wh.partitions("ai_ready_metrics")
+
+    # headless Chromium renders the asset graph pages; screenshots for the README
+    graphql(url, "mutation { setNuxSeen }")  # no "join the community" dialog over the graph
+    shots = Path(os.environ.get("DIDACT_DOCS_DIR", tmp_path))
+    for group, names in (("telemetry", ["raw_node_metrics", "job_labels", "ai_ready_metrics"]),
+                         ("models", ["ood_review", "champion_model", "model_evaluation"])):  # fmt: skip
+        page = f"{url}/locations/didact/asset-groups/{group}"
+        dom = chromium("--dump-dom", page)
+        for name in names:
+            assert name in dom, f"{name} not rendered on {page}"
+        png = shots / f"asset-graph-{group}.png"
+        chromium(f"--screenshot={png}", "--window-size=1600,900", page)
+        assert png.stat().st_size > 20_000
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
