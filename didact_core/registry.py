@@ -132,11 +132,10 @@ class ModelRegistry:
                 signature=signature,
                 pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}", "pandas", "numpy"],
             )
-        run_id = mlflow.active_run().info.run_id
         self._ensure_registered()
         mv = self._call(
-            "registering the model", self.client.create_model_version, self.name, info.model_uri,
-            run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()},
+            "registering the model", mlflow.register_model, info.model_uri, self.name,
+            tags={k: str(v) for k, v in (tags or {}).items()},
         )  # fmt: skip
         version = int(mv.version)
         self.set_alias(CHALLENGER, version)
