@@ -48,6 +48,7 @@ mlflow-ui: venv
 		--default-artifact-root $(DIDACT_HOME)/mlflow/artifacts --host 127.0.0.1 --port 5000
 
 bench: venv
+	@$(PIP) install -q --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(DIDACT) bench pipeline
 
 clean:

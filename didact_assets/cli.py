@@ -189,6 +189,22 @@ def cmd_review(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_power(args, settings: Settings) -> int:
+    """Poll this host's RAPL and NVIDIA GPUs, and the BMCs of DIDACT_REDFISH_BMCS, into the spool."""
+    from didact_core.power import NvmlReader, RaplReader, RedfishReader
+    from didact_core.power.spool import record
+
+    readers = [RaplReader(), NvmlReader(), *RedfishReader.from_env()]
+    for r in readers:
+        ok, why = r.available()
+        console.print(f"  {r.source:<8} {getattr(r, 'node', ''):<20} {'ok' if ok else 'not available'}: {why}")
+    console.print(f"recording every {args.interval:g} s into {settings.home_path / 'spool' / 'power'} (Ctrl-C stops)")
+    n = record(settings.home_path, readers, interval_s=args.interval, flush_every_s=args.flush,
+               max_seconds=args.seconds)  # fmt: skip
+    console.print(f"{n} samples recorded")
+    return 0
+
+
 def cmd_ui(args, settings: Settings) -> int:
     from didact_assets.instance import ensure_instance
 
@@ -256,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--status", default="pending", choices=["pending", "accepted", "rejected", "all"])
     rv.add_argument("--limit", type=int, default=50)
     rv.set_defaults(func=cmd_review)
+
+    pw = sub.add_parser("power", help="record power from RAPL, NVML and Redfish BMCs for power_profiles")
+    pw.add_argument("action", choices=["record"])
+    pw.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    pw.add_argument("--flush", type=float, default=300.0, help="seconds between spool files")
+    pw.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    pw.set_defaults(func=cmd_power)
 
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
     ui.add_argument("--host", default="127.0.0.1")

@@ -19,6 +19,7 @@ import pandas as pd
 from .config import Settings
 from .errors import DataQualityError, DidactError
 from .preprocess import CleaningReport, check_features, preprocess
+from .labels import attach_intervals
 from .schema import validate_raw_cpu
 from .sources.base import TelemetrySource
 from .versioning import code_version
@@ -67,7 +68,7 @@ def make_source(settings: Settings) -> TelemetrySource:
     if settings.source == "prometheus":
         from .sources.prometheus import PrometheusSource
 
-        return PrometheusSource.from_env()
+        return PrometheusSource.from_env(settings=settings)
     raise DidactError(f"source {settings.source!r}", "is not a known telemetry source", "use simulator or prometheus")
 
 
@@ -325,46 +326,66 @@ def _intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
     return labels, faults, None
 
 
-def attach_intervals(samples: pd.DataFrame, intervals: pd.DataFrame, column: str, default: str) -> pd.Categorical:
-    """For each sample, the ``column`` value of the interval ``[start, end)`` on its node
-    that contains the middle of the sample's interval (``ts - dt_s/2``).
+POWER = "power_profiles"
+POWER_CODE_VERSION = code_version("power", "pipeline", "warehouse")
 
-    Vectorised: one sorted search over (node, start) keys.  Where intervals overlap the
-    latest-starting one wins.
-    """
-    names = list(pd.unique(intervals[column].astype(str))) if len(intervals) else []
-    cats = [default] + [n for n in names if n != default]
-    if len(samples) == 0 or len(intervals) == 0:
-        return pd.Categorical.from_codes(np.zeros(len(samples), dtype=np.int32), cats)
-    if isinstance(samples["node"].dtype, pd.CategoricalDtype):
-        node_cats, s_node = samples["node"].cat.categories, samples["node"].cat.codes.to_numpy()
+
+@dataclass
+class PowerResult:
+    version: VersionInfo
+    summary: dict
+    plot_png: bytes
+    sources: list[str]
+
+
+def build_power_profiles(settings: Settings, day: dt.date, run_id: str | None = None) -> PowerResult:
+    """Power profiles of a day from the raw partition's power table and the spooled
+    samples of the sampling readers, with utilisation from the AI-ready samples and the
+    day's job labels.  Tables and the plot go into ``power_profiles/<day>``."""
+    from .power.profiles import power_profiles
+    from .power.spool import read_spool
+
+    wh = Warehouse(settings.home_path, settings.retention_versions)
+    partition = day.isoformat()
+    raw = wh.require(RAW, partition)
+    frames = [wh.read(RAW, partition, "power", raw.version)] if "power" in raw.tables else []
+    spooled = read_spool(settings.home_path, partition)
+    if len(spooled):
+        frames.append(spooled)
+    if not frames:
+        raise DataQualityError(
+            f"power for {partition}",
+            "no source recorded any: the raw partition has no power table and the spool is empty",
+            "scrape node exporter's RAPL/hwmon metrics, or run `didact power record` with a reader",
+        )
+    power = pd.concat(frames, ignore_index=True)
+    ai = wh.require(AI_READY, partition)
+    cols = ["ts", "node", "idle", "iowait"]
+    util = pd.concat([p[cols] for p in wh.iter_parts(AI_READY, partition, "samples")], ignore_index=True)
+    labels, _faults, _ref = _intervals_for(wh, partition, raw)
+    if labels is not None and len(labels):
+        labels = labels.assign(node=labels["node"].astype(str), label=labels["label"].astype(str))
     else:
-        s_node, node_cats = pd.factorize(samples["node"].astype(str))
-    s_node = s_node.astype(np.int64)
-    i_node = pd.Categorical(intervals["node"].astype(str), categories=node_cats).codes.astype(np.int64)
-    known = i_node >= 0
-    iv = intervals[known]
-    i_node = i_node[known]
-    span = np.int64(10 * 86400 * 1000)  # keys: node * span + ms offset
-    base = samples["ts"].array.asi8.min() - 5 * 86400 * 1000
-    start = _ms(iv["start"]) - base
-    end = _ms(iv["end"]) - base
-    mid = samples["ts"].array.asi8 - base - (samples["dt_s"].to_numpy() * 500).astype(np.int64)
-    i_key = i_node * span + start
-    order = np.argsort(i_key, kind="stable")
-    i_key, end, i_node = i_key[order], end[order], i_node[order]
-    codes_iv = pd.Categorical(iv[column].astype(str), categories=cats).codes[order]
-    s_key = s_node * span + mid
-    pos = np.searchsorted(i_key, s_key, side="right") - 1
-    ok = pos >= 0
-    posc = np.where(ok, pos, 0)
-    ok &= (i_node[posc] == s_node) & (mid < end[posc])
-    codes = np.where(ok, codes_iv[posc], 0).astype(np.int32)
-    return pd.Categorical.from_codes(codes, cats)
+        labels = None
+    prof = power_profiles(power, util.assign(node=util["node"].astype(str)), labels)
+    png = prof.plot_png()
+    tables = {"nodes": prof.nodes, "flavours": prof.flavours, "jobs": prof.jobs, "shedding": prof.shedding}
+    tables = {k: _plain(v) for k, v in tables.items()}
+    sources = sorted(power["source"].astype(str).unique())
+    version = wh.write(POWER, partition, tables, code_version=POWER_CODE_VERSION, run_id=run_id,
+                       upstream={RAW: raw.ref, AI_READY: ai.ref},
+                       metadata={"summary": prof.summary, "sources": sources})  # fmt: skip
+    (version.path / "profile.png").write_bytes(png)
+    return PowerResult(version, prof.summary, png, sources)
 
 
-def _ms(col: pd.Series) -> np.ndarray:
-    return pd.to_datetime(col, utc=True).astype("datetime64[ms, UTC]").array.asi8
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns as strings (Parquet needs one type per column)."""
+    out = df.reset_index(drop=True).copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].astype(str)
+    return out
 
 
 def summary_row(wh: Warehouse, partition: str) -> dict:

@@ -1,0 +1,41 @@
+"""raw_node_metrics from a real Prometheus scraping a real node exporter, through the
+same pipeline function the Dagster asset runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from didact_core import pipeline
+from didact_core.errors import SourceUnavailableError
+from didact_core.warehouse import Warehouse
+
+from .services import free_port, start_node_exporter, start_prometheus, wait_for_samples
+
+pytestmark = pytest.mark.slow
+
+
+def test_ingest_today_from_real_prometheus_then_survive_it_going_down(settings, tmp_path):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    with start_node_exporter(tmp_path) as ne, start_prometheus(tmp_path, [ne.address], scrape_interval="1s") as prom:
+        wait_for_samples(prom, 'count_over_time(node_cpu_seconds_total{mode="idle",cpu="0"}[1m])', 5, timeout=45)
+        s = settings.replace(source="prometheus", prometheus_url=prom.url)
+        res = pipeline.ingest_raw(s, today)
+        ai = pipeline.build_ai_ready(s, today)
+    wh = Warehouse(s.home_path)
+    assert res.version.version == 1 and res.nodes == 1 and res.meta["source"] == "prometheus"
+    cpu = wh.read("raw_node_metrics", today.isoformat(), "cpu")
+    assert cpu.groupby("cpu").size().min() >= 4
+    samples = wh.read("ai_ready_metrics", today.isoformat(), "samples")
+    np.testing.assert_allclose(samples[list(s.features)].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    assert ai.report.counter_resets == 0
+
+    # Prometheus is gone now: a clear error naming it, and the stored partition untouched
+    down = s.replace(prometheus_url=f"http://127.0.0.1:{free_port()}")
+    before = wh.versions("raw_node_metrics", today.isoformat())
+    with pytest.raises(SourceUnavailableError, match="127.0.0.1"):
+        pipeline.ingest_raw(down, today)
+    assert wh.versions("raw_node_metrics", today.isoformat()) == before
+    assert not list(s.home_path.glob("data/**/.tmp-*"))
