@@ -25,6 +25,7 @@ class DidactResource(dg.ConfigurableResource):
     seed: int = _ENV.seed
     fault_rate: float = _ENV.fault_rate
     features: list[str] = list(_ENV.features)
+    window: int = _ENV.window
     max_unusable_fraction: float = _ENV.max_unusable_fraction
     retention_versions: int = _ENV.retention_versions
     workers: int = _ENV.workers

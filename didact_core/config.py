@@ -60,6 +60,8 @@ class Settings:
     fault_rate: float = 0.05
     # preprocessing
     features: tuple = ("idle", "iowait", "system", "user", "other")
+    #: temporal context: the model sees each feature at this many consecutive timesteps
+    window: int = 1
     #: a partition fails its quality check above this fraction of unusable samples
     max_unusable_fraction: float = 0.05
     #: partition versions kept per (asset, partition); 0 keeps all
@@ -136,6 +138,8 @@ class Settings:
             ) from None
         if not self.features:
             raise DidactError("features", "the feature list is empty", "name at least one feature")
+        if self.window < 1:
+            raise DidactError(f"window={self.window}", "must be at least 1 timestep", "DIDACT_WINDOW=1 (no context) or more")
         for name in ("replay_fraction", "promotion_tolerance"):
             if getattr(self, name) < 0:
                 raise DidactError(f"{name}={getattr(self, name)}", "must not be negative")

@@ -33,6 +33,8 @@ import pandas as pd
 from .config import Settings
 from .errors import DataQualityError, DidactError
 from .pipeline import AI_READY
+from .preprocess import check_features, feature_columns
+from .schema import NODE_FEATURES
 from .registry import CHAMPION, PREVIOUS, ModelRegistry, ModelVersionInfo
 from .review import ReviewQueue, accepted_samples, rejected_mask
 from .versioning import code_version
@@ -170,10 +172,19 @@ class TrainOutcome:
     added_from_review: int = 0
 
 
+def model_features(settings: Settings) -> tuple[str, ...]:
+    """The detector's input columns for the configured features and window."""
+    return feature_columns(settings.features, settings.window)
+
+
 def model_config(settings: Settings, n_features: int):
     from .models import ModelConfig
 
+    node_level = any(f in NODE_FEATURES for f in check_features(settings.features))
     return ModelConfig(
+        # rates and byte counts span decades: log1p, then standardise (frozen after day one)
+        log1p=node_level,
+        standardize=node_level,
         family=settings.model_family,
         n_features=n_features,
         lr=settings.model_lr,
@@ -201,7 +212,7 @@ def train_day(
 
     logger = logger or log
     t0 = time.perf_counter()
-    features = tuple(settings.features)
+    features = model_features(settings)
     wh = Warehouse(settings.home_path, settings.retention_versions)
     _check_features(wh, day, features)
     cols = [*features, *_extra_columns(wh, day)]
@@ -385,7 +396,7 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
     from .evaluation import knn_accuracy, pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
 
     wh = Warehouse(settings.home_path, settings.retention_versions)
-    features = list(settings.features)
+    features = list(model_features(settings))
     _check_features(wh, day, tuple(features))
     cols = [*features, *_extra_columns(wh, day)]
     registry = ModelRegistry(settings)

@@ -18,9 +18,9 @@ import pandas as pd
 
 from .config import Settings
 from .errors import DataQualityError, DidactError
-from .preprocess import CleaningReport, check_features, preprocess
+from .preprocess import CleaningReport, check_features, feature_columns, preprocess
 from .labels import attach_intervals
-from .schema import validate_raw_cpu
+from .schema import NODE_FEATURES, validate_raw_cpu
 from .sources.base import TelemetrySource
 from .versioning import code_version
 from .warehouse import VersionInfo, Warehouse, read_part, write_part
@@ -198,9 +198,17 @@ class AiReadyResult:
         return self.report.unusable_fraction <= self.max_unusable_fraction
 
 
-def _preprocess_part(src: Path, dst: Path, features, labels, faults) -> tuple[int, str, CleaningReport]:
-    """Worker: one raw part → one AI-ready part."""
-    samples, rep = preprocess(read_part(src), features, interval_s=None)
+def _preprocess_part(
+    src: Path, dst: Path, features, labels, faults, node_src: list[Path] | None = None, window: int = 1
+) -> tuple[int, str, CleaningReport]:
+    """Worker: one raw part (+ its node-level metrics) → one AI-ready part."""
+    raw = read_part(src)
+    node_metrics = None
+    if node_src:
+        nodes = set(raw["node"].astype(str).unique())
+        frames = [read_part(p) for p in node_src]
+        node_metrics = pd.concat([f[f["node"].astype(str).isin(nodes)] for f in frames], ignore_index=True)
+    samples, rep = preprocess(raw, features, interval_s=None, node_metrics=node_metrics, window=window)
     if labels is not None:
         samples["label"] = attach_intervals(samples, labels, "label", default="unknown")
     if faults is not None:
@@ -232,8 +240,22 @@ def build_ai_ready(
     t0 = time.perf_counter()
     report = CleaningReport()
     src = wh.part_paths(RAW, partition, "cpu", raw.version)
+    node_src: list[list[Path] | None] = [None] * len(src)
+    if any(f in NODE_FEATURES for f in features):
+        if "node_metrics" not in raw.tables:
+            raise DataQualityError(
+                f"{RAW}/{partition} v{raw.version}",
+                "has no node-level metrics, but DIDACT_FEATURES asks for node-level features",
+                "ingest from a source with node exporter metrics, or use CPU features only",
+            )
+        nm = wh.part_paths(RAW, partition, "node_metrics", raw.version)
+        # parts are written block by block: part i of both tables holds the same nodes
+        node_src = [[nm[i]] for i in range(len(src))] if len(nm) == len(src) else [nm] * len(src)
     with wh.writer(AI_READY, partition) as w:
-        jobs = [(p, w.part_path("samples", i), features, labels, faults) for i, p in enumerate(src)]
+        jobs = [
+            (p, w.part_path("samples", i), features, labels, faults, node_src[i], settings.window)
+            for i, p in enumerate(src)
+        ]
         workers = min(settings.worker_count, len(jobs))
         if workers > 1:
             with _pool(workers) as ex:
@@ -248,7 +270,8 @@ def build_ai_ready(
         if label_ref:
             upstream[LABELS] = label_ref
         meta = {
-            "features": list(features),
+            "features": list(feature_columns(features, settings.window)),
+            "window": settings.window,
             "cleaning": report.as_dict(),
             "max_unusable_fraction": settings.max_unusable_fraction,
             "labelled": labels is not None,

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataQualityError, DidactError
-from .schema import CPU_MODES, OTHER_MODES, validate_raw_cpu
+from .schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ CPU_FEATURES: dict[str, tuple[str, ...]] = {
     "busy": ("system", "user", "nice", "irq", "softirq", "steal"),
 }
 DEFAULT_FEATURES = ("idle", "iowait", "system", "user", "other")
+#: feature-list shorthands: ``cpu`` = the five fractions, ``node`` = every node-level feature
+FEATURE_GROUPS = {"cpu": DEFAULT_FEATURES, "node": NODE_FEATURES}
 
 GAP_FACTOR = 1.5
 SKEW_TOLERANCE = 0.25
@@ -69,6 +71,10 @@ class CleaningReport:
     clock_skew: int = 0
     stalled: int = 0
     clamped: int = 0
+    #: samples dropped because their node had no node-level metrics at that scrape
+    missing_node_metrics: int = 0
+    #: samples without a full window of history (series starts and after gaps; not damage)
+    window_incomplete: int = 0
     rows_out: int = 0
 
     def __add__(self, other: "CleaningReport") -> "CleaningReport":
@@ -79,7 +85,10 @@ class CleaningReport:
     @property
     def unusable(self) -> int:
         """Samples lost to damage (dropped rows and unusable intervals)."""
-        return self.nan_rows + self.invalid_rows + self.counter_resets + self.long_gaps + self.stalled
+        return (
+            self.nan_rows + self.invalid_rows + self.counter_resets + self.long_gaps + self.stalled
+            + self.missing_node_metrics
+        )  # fmt: skip
 
     @property
     def unusable_fraction(self) -> float:
@@ -94,18 +103,110 @@ class CleaningReport:
 
 
 def check_features(features) -> tuple[str, ...]:
-    """Validate a feature list against what the CPU counters can give."""
-    features = tuple(features)
-    unknown = [f for f in features if f not in CPU_FEATURES]
+    """Validate a feature list (groups ``cpu``/``node`` expanded) against what the
+    CPU counters and node-level metrics can give."""
+    expanded: list[str] = []
+    for f in features:
+        expanded.extend(FEATURE_GROUPS.get(f, (f,)))
+    features = tuple(expanded)
+    unknown = [f for f in features if f not in CPU_FEATURES and f not in NODE_FEATURES]
     if unknown or not features:
         raise DidactError(
             f"features {list(features)}",
             f"unknown feature(s) {unknown}" if unknown else "the list is empty",
-            f"choose from {sorted(CPU_FEATURES)} (DIDACT_FEATURES)",
+            f"choose from {sorted(CPU_FEATURES)}, the node-level {list(NODE_FEATURES)}, "
+            "or the groups cpu and node (DIDACT_FEATURES)",
         )
     if len(set(features)) != len(features):
         raise DidactError(f"features {list(features)}", "a feature is listed twice")
     return features
+
+
+def feature_columns(features, window: int = 1) -> tuple[str, ...]:
+    """The model's input columns: the features, then each feature ``k`` steps back."""
+    features = check_features(features)
+    if window < 1:
+        raise DidactError(f"window={window}", "must be at least 1 timestep")
+    return features + tuple(f"{f}_lag{k}" for k in range(1, window) for f in features)
+
+
+def node_features(node_metrics: pd.DataFrame) -> pd.DataFrame:
+    """Node-level counters → per-second rates (gauges as they are), per (node, ts).
+
+    A rate over a counter reset (a counter going down) or a non-positive step is NaN.
+    """
+    need = ["ts", "node", *NODE_COUNTERS, *NODE_GAUGES]
+    missing = [c for c in need if c not in node_metrics.columns]
+    if missing:
+        raise DataQualityError("node-level metrics", f"lack column(s) {missing}", "re-ingest the raw partition")
+    df = node_metrics[need].copy()
+    df["node"] = df["node"].astype(str)
+    df = df.sort_values(["node", "ts"], kind="stable").drop_duplicates(["node", "ts"]).reset_index(drop=True)
+    same = (df["node"].to_numpy()[1:] == df["node"].to_numpy()[:-1])
+    ts = df["ts"].array.asi8 if isinstance(df["ts"].dtype, pd.DatetimeTZDtype) else df["ts"].astype("int64").to_numpy()
+    dt_s = np.r_[np.nan, np.where(same, np.diff(ts) / 1000.0, np.nan)]
+    out = {"ts": df["ts"], "node": df["node"]}
+    for c in NODE_COUNTERS:
+        v = df[c].to_numpy(dtype=np.float64)
+        d = np.r_[np.nan, np.diff(v)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = d / dt_s
+        r[(d < 0) | ~(dt_s > 0)] = np.nan
+        out[f"{c}_rate"] = r.astype(np.float32)
+    for g in NODE_GAUGES:
+        out[g] = df[g].to_numpy(dtype=np.float32)
+    return pd.DataFrame(out)
+
+
+def add_node_features(samples: pd.DataFrame, node_metrics: pd.DataFrame | None, wanted) -> tuple[pd.DataFrame, int]:
+    """Join the wanted node-level features onto per-CPU samples by (node, ts); rows whose
+    node has no usable metrics at that scrape are dropped and counted."""
+    wanted = [f for f in wanted if f in NODE_FEATURES]
+    if not wanted:
+        return samples, 0
+    if node_metrics is None or node_metrics.empty:
+        raise DataQualityError(
+            "node-level features",
+            f"{wanted} were asked for but the raw partition has no node-level metrics",
+            "ingest from a source that has them (simulator, Prometheus with node exporter), "
+            "or drop them from DIDACT_FEATURES",
+        )
+    nf = node_features(node_metrics)[["ts", "node", *wanted]]
+    key = samples["node"].astype(str)
+    merged = samples.assign(_node=key.to_numpy()).merge(
+        nf.rename(columns={"node": "_node"}), on=["_node", "ts"], how="left", sort=False
+    ).drop(columns="_node")
+    bad = merged[wanted].isna().any(axis=1).to_numpy()
+    merged = merged[~bad].reset_index(drop=True)
+    if isinstance(samples["node"].dtype, pd.CategoricalDtype):
+        merged["node"] = pd.Categorical(merged["node"], categories=samples["node"].cat.categories)
+    return merged, int(bad.sum())
+
+
+def add_windows(samples: pd.DataFrame, features, window: int, interval_s: float | None = None) -> tuple[pd.DataFrame, int]:
+    """Lagged copies of the features (``f_lag1`` … ``f_lag{window-1}``) from the same
+    (node, cpu) series, consecutive scrapes only; rows without full history are dropped
+    and counted."""
+    if window <= 1 or samples.empty:
+        return samples, 0
+    node = samples["node"].astype(str).to_numpy()
+    cpu = samples["cpu"].to_numpy()
+    ts = samples["ts"].array.asi8
+    step = np.median(np.diff(ts)) if interval_s is None else interval_s * 1000
+    ok = np.ones(len(samples), dtype=bool)
+    lagged = {}
+    for k in range(1, window):
+        same = np.zeros(len(samples), dtype=bool)
+        same[k:] = (node[k:] == node[:-k]) & (cpu[k:] == cpu[:-k]) & (ts[k:] - ts[:-k] <= 1.5 * k * step)
+        ok &= same
+        for f in features:
+            v = samples[f].to_numpy()
+            lag = np.empty_like(v)
+            lag[k:] = v[:-k]
+            lag[:k] = np.nan
+            lagged[f"{f}_lag{k}"] = lag
+    out = samples.assign(**lagged)[ok].reset_index(drop=True)
+    return out, int((~ok).sum())
 
 
 def preprocess(
@@ -113,14 +214,30 @@ def preprocess(
     features=DEFAULT_FEATURES,
     interval_s: float | None = None,
     max_gap_factor: float = 4.0,
+    node_metrics: pd.DataFrame | None = None,
+    window: int = 1,
 ) -> tuple[pd.DataFrame, CleaningReport]:
-    """Counters → fractions for whole (node, cpu) series.
+    """Counters → features for whole (node, cpu) series.
 
     ``interval_s`` is the nominal scrape interval; ``None`` infers it as the median
-    step.  Returns the AI-ready frame (``ts`` = interval end, ``node``, ``cpu``,
-    ``dt_s`` and the features, float32) and the :class:`CleaningReport`.
+    step.  Node-level features in ``features`` come from ``node_metrics`` (joined by node
+    and scrape time); ``window > 1`` adds each feature's previous ``window − 1`` values.
+    Returns the AI-ready frame (``ts`` = interval end, ``node``, ``cpu``, ``dt_s`` and
+    :func:`feature_columns`, float32) and the :class:`CleaningReport`.
     """
-    features = check_features(features)
+    samples, rep = _cpu_fractions(raw, features, interval_s, max_gap_factor)
+    all_features = check_features(features)
+    if any(f in NODE_FEATURES for f in all_features):
+        samples, rep.missing_node_metrics = add_node_features(samples, node_metrics, all_features)
+    if window > 1:
+        samples, rep.window_incomplete = add_windows(samples, all_features, window, interval_s)
+    rep.rows_out = len(samples)
+    return samples, rep
+
+
+def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFrame, CleaningReport]:
+    all_features = check_features(features)
+    features = tuple(f for f in all_features if f in CPU_FEATURES)
     raw = validate_raw_cpu(raw)
     rep = CleaningReport(rows_in=len(raw))
     if len(raw) == 0:

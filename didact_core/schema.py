@@ -73,3 +73,18 @@ def validate_raw_cpu(df: pd.DataFrame, what: str = "raw CPU samples") -> pd.Data
     if conv:
         out = out.astype(conv)
     return out
+
+
+#: node-level counters (cumulative) of a raw ``node_metrics`` row, from node exporter:
+#: node_context_switches_total, node_intr_total, node_disk_io_time_seconds_total,
+#: node_disk_read_bytes_total, node_disk_written_bytes_total, node_vmstat_pgfault,
+#: node_network_receive_bytes_total, node_network_transmit_bytes_total (summed over
+#: devices, loopback excluded)
+NODE_COUNTERS: tuple[str, ...] = (
+    "ctxt", "intr", "disk_io_time", "disk_read_bytes", "disk_written_bytes", "pgfault", "net_rx_bytes", "net_tx_bytes",
+)  # fmt: skip
+#: node-level gauges: MemTotal − MemAvailable, and the 1-minute load average
+NODE_GAUGES: tuple[str, ...] = ("mem_used_bytes", "load1")
+RAW_NODE_COLUMNS = ("ts", "node") + NODE_COUNTERS + NODE_GAUGES
+#: the AI-ready node-level features: per-second rates of the counters, gauges as they are
+NODE_FEATURES: tuple[str, ...] = tuple(f"{c}_rate" for c in NODE_COUNTERS) + NODE_GAUGES

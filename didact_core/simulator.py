@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DidactError
-from .schema import CPU_MODES, TS_DTYPE
+from .schema import CPU_MODES, NODE_COUNTERS, TS_DTYPE
 from .sources.base import RawBlock, TelemetrySource, day_bounds
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,33 @@ FAULTS: dict[str, np.ndarray] = {
     "steal_storm": _sig(idle=0.05, steal=0.50, system=0.05, user=0.40),
     "softirq_storm": _sig(idle=0.10, softirq=0.45, irq=0.05, system=0.15, user=0.25),
 }
+
+
+#: node-level signature per flavour: per-second rates of NODE_COUNTERS (context
+#: switches, interrupts, disk busy seconds, disk bytes read/written, page faults,
+#: network bytes in/out) and the memory in use (GB)
+_NODE = {
+    #             ctxt     intr   disk_io  read_B  write_B  pgfault  rx_B   tx_B  mem_GB
+    "idle":      (1.5e3,   8e2,   0.002,   1e3,    2e4,     2e2,     2e3,   2e3,  1.5),
+    "io_good":   (8e3,     6e3,   0.55,    4e7,    1.6e8,   3e3,     1e4,   1e4,  6),
+    "io_bad":    (4.5e4,   3e4,   0.97,    5e5,    3e6,     1.5e3,   1e4,   1e4,  3),
+    "mpi_2":     (2.5e4,   1.2e4, 0.01,    1e4,    5e4,     8e3,     8e7,   8e7,  8),
+    "mpi_16":    (1.8e5,   6e4,   0.01,    1e4,    5e4,     3e4,     4e8,   4e8,  24),
+    "reco_1t":   (3e3,     2e3,   0.05,    8e6,    1e6,     2e4,     5e3,   5e3,  3),
+    "reco_2t":   (5e3,     3e3,   0.08,    1.6e7,  2e6,     4e4,     5e3,   5e3,  5),
+    "reco_4t":   (9e3,     5e3,   0.12,    3.2e7,  4e6,     8e4,     5e3,   5e3,  9),
+    "reco_8t":   (1.7e4,   9e3,   0.2,     6.4e7,  8e6,     1.6e5,   5e3,   5e3,  17),
+    "fit_amplitude": (1.2e4, 7e3, 0.01,    1e5,    1e5,     1.2e5,   1e4,   1e4,  20),
+    "fit_mcmc":  (2.5e3,   1.5e3, 0.001,   1e4,    1e4,     5e2,     2e3,   2e3,  1),
+    "fit_minuit": (2e3,    1.2e3, 0.001,   1e4,    1e4,     3e3,     2e3,   2e3,  2),
+    # labelled faults
+    "cpu_hog":   (1e3,     9e2,   0.001,   0,      0,       1e2,     1e3,   1e3,  2),
+    "io_stall":  (5e2,     4e2,   1.0,     1e3,    1e3,     1e2,     1e3,   1e3,  4),
+    "steal_storm": (4e3,   3e3,   0.01,    1e4,    1e4,     2e3,     5e3,   5e3,  4),
+    "softirq_storm": (5e4, 3e5,   0.01,    1e4,    1e4,     1e3,     5e8,   5e8,  4),
+}  # fmt: skip
+NODE_SIGNATURES = {k: np.asarray(v[:8], dtype=np.float64) for k, v in _NODE.items()}
+NODE_MEMORY_GB = {k: v[8] for k, v in _NODE.items()}
 
 
 @dataclass(frozen=True)
@@ -242,12 +269,24 @@ class SimulatedCluster(TelemetrySource):
                 "watts": np.concatenate([p["watts"] for p in parts]),
             }
         )
+        nm_rows = [len(p["node_metrics"]["ts"]) for p in parts]
+        node_metrics = pd.DataFrame(
+            {
+                "ts": _utc(np.concatenate([p["node_metrics"]["ts"] for p in parts])),
+                "node": pd.Categorical.from_codes(np.repeat(np.arange(len(parts), dtype=np.int32), nm_rows), names),
+                **{c: np.concatenate([p["node_metrics"]["values"][:, j] for p in parts])
+                   for j, c in enumerate(NODE_COUNTERS)},
+                "mem_used_bytes": np.concatenate([p["node_metrics"]["mem"] for p in parts]),
+                "load1": np.concatenate([p["node_metrics"]["load1"] for p in parts]),
+            }
+        )  # fmt: skip
         totals = {k: sum(p["data_faults"][k] for p in parts) for k in _DATA_FAULT_KINDS}
         return RawBlock(
             cpu=cpu,
             power=power,
             labels=_intervals([r for p in parts for r in p["labels"]], "label"),
             faults=_intervals([r for p in parts for r in p["faults"]], "fault"),
+            node_metrics=node_metrics,
             meta={"data_faults": totals, "nodes": len(parts)},
         )
 
@@ -286,6 +325,14 @@ class SimulatedCluster(TelemetrySource):
             sig = np.asarray(f.signature) * np.exp(0.1 * rng.standard_normal(M))  # this run's variant
             mean[:, busy, start:end] = (sig / sig.sum()).astype(np.float32)[:, None, None]
 
+        # node-level rates per step (the job's signature, then faults override it)
+        rates = np.empty((T, len(NODE_COUNTERS)), dtype=np.float64)
+        mem = np.empty(T, dtype=np.float64)
+        for start, end, flav in jobs:
+            k = np.exp(0.15 * rng.standard_normal(len(NODE_COUNTERS)))
+            rates[start:end] = NODE_SIGNATURES[flav] * k
+            mem[start:end] = NODE_MEMORY_GB[flav] * float(np.exp(0.1 * rng.standard_normal()))
+
         # labelled behavioural faults override the job on every thread
         faults = []
         kinds = list(FAULTS)
@@ -294,6 +341,7 @@ class SimulatedCluster(TelemetrySource):
             length = max(2, int(rng.uniform(5, 30) * 60 / self.interval_s))
             start = int(rng.integers(0, max(1, T - length)))
             mean[:, :, start : start + length] = FAULTS[kind].astype(np.float32)[:, None, None]
+            rates[start : start + length] = NODE_SIGNATURES[kind]
             faults.append((name, ts0 + start * step_ms, ts0 + (start + length) * step_ms, kind))
 
         # per-interval noise around the mean, renormalised over modes
@@ -305,6 +353,15 @@ class SimulatedCluster(TelemetrySource):
         frac *= noise
         del noise
         frac /= frac.sum(axis=0, keepdims=True)
+
+        # node counters: noisy rates × interval, accumulated from an uptime offset; gauges
+        rates *= np.exp(0.2 * rng.standard_normal(rates.shape) - 0.02)
+        rates[:, 2] = np.minimum(rates[:, 2], 1.0)  # a disk is busy at most 100 % of the time
+        node_counters = np.cumsum(rates * self.interval_s, axis=0) + rng.uniform(1e6, 1e9, len(NODE_COUNTERS))
+        busy = (1.0 - frac[_M["idle"]]).sum(axis=0, dtype=np.float64)  # runnable + blocked on IO
+        alpha = 1.0 - np.exp(-self.interval_s / 60.0)
+        load1 = _ema(busy, alpha)
+        mem_bytes = mem * 1e9 * (1 + 0.01 * rng.standard_normal(T))
 
         # power from true utilisation (busy = neither idle nor waiting on IO)
         util = 1.0 - (frac[_M["idle"]] + frac[_M["iowait"]]).mean(axis=0, dtype=np.float64)
@@ -342,6 +399,7 @@ class SimulatedCluster(TelemetrySource):
             counts[kind] = n
         for p in at["reboot"]:  # ascending: counters restart from zero, step p holds its own seconds
             counters[:, :, p:] -= counters[:, :, p - 1 : p]
+            node_counters[p:] -= node_counters[p - 1]
         keep[at["missed"]] = False
         repeats[at["duplicate"]] += 1
         for p in at["out_of_order"]:
@@ -355,8 +413,13 @@ class SimulatedCluster(TelemetrySource):
         arrival = arrival[keep[arrival]]
         A = len(arrival)
         values = counters[:, :, arrival].reshape(M, C * A)
+        # node-level rows: one per scrape that arrived (duplicates and reordering are the CPU rows' business)
+        nm_steps = np.flatnonzero(keep)
+        node_metrics = {"ts": ts[nm_steps], "values": node_counters[nm_steps], "mem": mem_bytes[nm_steps],
+                        "load1": load1[nm_steps]}  # fmt: skip
         return {
             "node": name,
+            "node_metrics": node_metrics,
             "ts": np.tile(ts[arrival], C),
             "cpu": np.repeat(np.arange(C, dtype=np.int16), A),
             "values": values,
@@ -366,6 +429,14 @@ class SimulatedCluster(TelemetrySource):
             "faults": faults,
             "data_faults": counts,
         }
+
+
+def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Exponential moving average (the kernel's load average is one), started at x[0]."""
+    from scipy.signal import lfilter
+
+    y, _ = lfilter([alpha], [1.0, alpha - 1.0], x, zi=[(1.0 - alpha) * x[0]])
+    return y
 
 
 def _utc(ms: np.ndarray) -> pd.Series:

@@ -1,0 +1,77 @@
+"""Richer features and temporal context, from the simulator through training."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from didact_core import continual, pipeline
+from didact_core.errors import DidactError
+from didact_core.preprocess import check_features, feature_columns, node_features, preprocess
+from didact_core.schema import NODE_FEATURES
+from didact_core.simulator import SimulatedCluster
+from didact_core.warehouse import Warehouse
+
+from .conftest import last_days
+
+
+def test_node_level_rates_follow_the_job_flavour(settings):
+    day = dt.date.fromisoformat(last_days(1)[0])
+    block = SimulatedCluster.from_settings(settings).fetch_day(day)
+    nf = node_features(block.node_metrics)
+    assert set(NODE_FEATURES) <= set(nf.columns)
+    # rates are per second and positive; disk busy time is a fraction of a second per second
+    assert (nf["ctxt_rate"].dropna() > 0).all()
+    assert nf["disk_io_time_rate"].dropna().between(0, 1.01).all()
+    # IO-bad-binned jobs keep the disk busier than MPI jobs do
+    labels = block.labels
+    from didact_core.labels import join_labels
+
+    lab = join_labels(nf, labels)["label"].astype(str)
+    io_bad = nf.loc[lab == "io_bad", "disk_io_time_rate"].median()
+    mpi = nf.loc[lab.str.startswith("mpi"), "disk_io_time_rate"].median()
+    assert io_bad > 10 * mpi
+
+
+def test_windows_hold_the_previous_timesteps_of_the_same_series(settings):
+    day = dt.date.fromisoformat(last_days(1)[0])
+    block = SimulatedCluster.from_settings(settings).fetch_day(day)
+    one, _ = preprocess(block.cpu, ("cpu",))
+    three, rep = preprocess(block.cpu, ("cpu",), window=3)
+    assert list(three.columns[-10:]) == list(feature_columns(("cpu",), 3)[5:])
+    # the first two samples of every series have no full history
+    assert rep.window_incomplete >= 2 * settings.nodes * settings.cpus
+    # each lag is the value of the same series one/two scrapes earlier
+    key = ["node", "cpu", "ts"]
+    one = one.assign(node=one["node"].astype(str)).set_index(key)
+    row = three.iloc[1000]
+    step = dt.timedelta(seconds=settings.interval_s)
+    prev = one.loc[(str(row["node"]), row["cpu"], row["ts"] - step)]
+    prev2 = one.loc[(str(row["node"]), row["cpu"], row["ts"] - 2 * step)]
+    assert row["user_lag1"] == pytest.approx(prev["user"]) and row["idle_lag2"] == pytest.approx(prev2["idle"])
+
+
+def test_bad_feature_names_are_clear_errors():
+    with pytest.raises(DidactError, match=r"unknown feature\(s\) \['cpu_temperature'\]"):
+        check_features(("user", "cpu_temperature"))
+    assert check_features(("cpu", "load1")) == ("idle", "iowait", "system", "user", "other", "load1")
+
+
+def test_rich_features_with_context_train_and_separate_flavours(settings):
+    s = settings.replace(nodes=8, features=("cpu", "node"), window=2, max_train_samples=8000, model_max_epochs=6)
+    days = last_days(2)
+    for d in days:
+        pipeline.ingest_raw(s, dt.date.fromisoformat(d))
+        pipeline.build_ai_ready(s, dt.date.fromisoformat(d))
+        continual.train_day(s, d)
+    meta = Warehouse(s.home_path).require("ai_ready_metrics", days[-1]).metadata
+    assert meta["features"] == list(feature_columns(("cpu", "node"), 2)) and meta["window"] == 2
+    ev = continual.evaluate_day(s, days[-1])
+    h = ev.metrics["challenger"]["holdout"]
+    assert h["latent_knn_accuracy"] > 0.8, h
+    # the detector carries its fitted transform (log1p + standardisation for the rates)
+    det, _ = continual.ModelRegistry(s).load_alias("champion")
+    assert det.config.log1p and det.config.standardize and det.feature_names == feature_columns(("cpu", "node"), 2)
+    assert np.isfinite(h["mean_error"])
