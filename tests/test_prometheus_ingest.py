@@ -21,7 +21,7 @@ def test_ingest_today_from_real_prometheus_then_survive_it_going_down(settings, 
     today = dt.datetime.now(dt.timezone.utc).date()
     with start_node_exporter(tmp_path) as ne, start_prometheus(tmp_path, [ne.address], scrape_interval="1s") as prom:
         wait_for_samples(prom, 'count_over_time(node_cpu_seconds_total{mode="idle",cpu="0"}[1m])', 5, timeout=45)
-        s = settings.replace(source="prometheus", prometheus_url=prom.url)
+        s = settings.replace(source="prometheus", prometheus_url=prom.url, features=("cpu", "node"))
         res = pipeline.ingest_raw(s, today)
         ai = pipeline.build_ai_ready(s, today)
     wh = Warehouse(s.home_path)
@@ -29,7 +29,12 @@ def test_ingest_today_from_real_prometheus_then_survive_it_going_down(settings, 
     cpu = wh.read("raw_node_metrics", today.isoformat(), "cpu")
     assert cpu.groupby("cpu").size().min() >= 4
     samples = wh.read("ai_ready_metrics", today.isoformat(), "samples")
-    np.testing.assert_allclose(samples[list(s.features)].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    fractions = ["idle", "iowait", "system", "user", "other"]
+    np.testing.assert_allclose(samples[fractions].astype(float).sum(axis=1), 1.0, atol=1e-5)
+    # the node-level features come from the same real node exporter
+    nm = wh.read("raw_node_metrics", today.isoformat(), "node_metrics")
+    assert (np.diff(nm["ctxt"].to_numpy()) >= 0).all() and nm["mem_used_bytes"].gt(0).all()
+    assert samples["ctxt_rate"].gt(0).all() and samples["load1"].ge(0).all()
     assert ai.report.counter_resets == 0
 
     # Prometheus is gone now: a clear error naming it, and the stored partition untouched

@@ -78,7 +78,7 @@ import pandas as pd
 import requests
 
 from ..errors import DataQualityError, DidactError, SourceUnavailableError
-from ..schema import CPU_MODES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS, TS_DTYPE, empty_raw_cpu
+from ..schema import CPU_MODES, NODE_COUNTERS, NODE_GAUGES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS, TS_DTYPE, empty_raw_cpu
 from .base import RawBlock, TelemetrySource, day_bounds
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,21 @@ log = logging.getLogger(__name__)
 CPU_METRIC = "node_cpu_seconds_total"
 RAPL_METRIC_RE = r"node_rapl_.*joules_total"
 HWMON_METRIC_RE = r"node_hwmon_power_(average_|input_)?watt"
+#: node exporter's node-level metrics → raw node_metrics columns (see schema.NODE_COUNTERS)
+NODE_METRICS = {
+    "node_context_switches_total": "ctxt",
+    "node_intr_total": "intr",
+    "node_disk_io_time_seconds_total": "disk_io_time",
+    "node_disk_read_bytes_total": "disk_read_bytes",
+    "node_disk_written_bytes_total": "disk_written_bytes",
+    "node_vmstat_pgfault": "pgfault",
+    "node_network_receive_bytes_total": "net_rx_bytes",
+    "node_network_transmit_bytes_total": "net_tx_bytes",
+    "node_memory_MemTotal_bytes": "mem_total",
+    "node_memory_MemAvailable_bytes": "mem_available",
+    "node_load1": "load1",
+}
+_VIRTUAL_NET = re.compile(r"^(lo|veth.*|docker.*|br-.*|virbr.*)$")
 DIDACT_POWER_METRIC = "didact_power_watts"
 #: RAPL domains summed into a node's ``rapl`` watts (core/uncore are inside package)
 RAPL_DOMAINS = ("package", "dram")
@@ -741,6 +756,7 @@ class PrometheusSource(TelemetrySource):
         max_samples_per_query: int = 1_000_000,
         max_points_per_series: int = 11_000,
         power: bool = True,
+        node_metrics: bool = True,
         rapl_max_energy_j: float | None = None,
         hwmon_chips: str | None = None,
         compression: bool | None = None,
@@ -780,6 +796,7 @@ class PrometheusSource(TelemetrySource):
         self.max_samples_per_query = max_samples_per_query
         self.max_points_per_series = max_points_per_series
         self.power = power
+        self.node_metrics = node_metrics
         self.rapl_max_energy_j = rapl_max_energy_j
         self.hwmon_chips = re.compile(hwmon_chips) if hwmon_chips else None
         self.compression = (not _is_loopback(url)) if compression is None else compression
@@ -1176,11 +1193,20 @@ class PrometheusSource(TelemetrySource):
             ]
             # RAPL watts need the sample before the day: start one scrape-ish earlier
             power_future = pool.submit(self.fetch, pm, start_ms - 60_000, end_ms)
+        node_future = None
+        if self.node_metrics:
+            nm = [
+                ("__name__", "=~", "|".join(NODE_METRICS)),
+                *base,
+                (self.node_label, "=~", regex_union(raw_values)),
+            ]
+            node_future = pool.submit(self.fetch, nm, start_ms, end_ms)
         return {
             "nodes": [n for n, _ in node_infos],
             "futures": futures,
             "power": power_future,
-            "requests": len(plan) + (1 if power_future else 0),
+            "node_metrics": node_future,
+            "requests": len(plan) + (1 if power_future else 0) + (1 if node_future else 0),
             "t0": time.perf_counter(),
         }
 
@@ -1201,10 +1227,50 @@ class PrometheusSource(TelemetrySource):
             pseries = job["power"].result()
             power, pinfo = self.power_frame(pseries, start_ms, end_ms)
             meta.update(pinfo)
+        node_metrics = None
+        if job.get("node_metrics") is not None:
+            node_metrics = self.node_metrics_frame(job["node_metrics"].result())
+            meta["node_metric_rows"] = 0 if node_metrics is None else len(node_metrics)
         present = set(cpu["node"].unique()) if len(cpu) else set()
         empty = sorted(set(job["nodes"]) - present)
         meta["seconds"] = round(time.perf_counter() - job["t0"], 3)
-        return RawBlock(cpu=cpu, power=power, missing_nodes=sorted(set(missing) | set(empty)), meta=meta)
+        return RawBlock(
+            cpu=cpu, power=power, node_metrics=node_metrics, missing_nodes=sorted(set(missing) | set(empty)), meta=meta
+        )
+
+    def node_metrics_frame(self, series: list[Series]) -> pd.DataFrame | None:
+        """Node exporter's node-level series → one row per (node, scrape) with
+        :data:`~didact_core.schema.NODE_COUNTERS` (summed over devices; loopback and
+        virtual network devices excluded) and the gauges; None when no node had them all."""
+        parts = []
+        for s in series:
+            name = s.labels.get("__name__", "")
+            raw = s.labels.get(self.node_label)
+            column = NODE_METRICS.get(name)
+            if raw is None or column is None or not len(s.ts):
+                continue
+            if name.startswith("node_network_") and _VIRTUAL_NET.match(s.labels.get("device", "")):
+                continue
+            parts.append(pd.DataFrame({"node": self._node_of(raw), "ts": s.ts, "col": column, "v": s.values}))
+        if not parts:
+            return None
+        long = pd.concat(parts, ignore_index=True)
+        wide = long.pivot_table(index=["node", "ts"], columns="col", values="v", aggfunc="sum").reset_index()
+        if "mem_total" in wide and "mem_available" in wide:
+            wide["mem_used_bytes"] = wide["mem_total"] - wide["mem_available"]
+        need = [*NODE_COUNTERS, *NODE_GAUGES]
+        for c in need:
+            if c not in wide:
+                wide[c] = np.nan
+        wide = wide.dropna(subset=need, how="all")
+        nodes = sorted(wide["node"].unique())
+        return pd.DataFrame(
+            {
+                "ts": pd.to_datetime(wide["ts"].to_numpy(), unit="ms", utc=True).astype(TS_DTYPE),
+                "node": pd.Categorical(wide["node"], categories=nodes),
+                **{c: wide[c].to_numpy(dtype=np.float64) for c in need},
+            }
+        ).sort_values(["node", "ts"], kind="stable").reset_index(drop=True)
 
     def iter_blocks(self, day: dt.date, nodes_per_block: int = 64) -> Iterator[RawBlock]:
         """Yield the day in blocks of ``nodes_per_block`` nodes (the next one is prefetched).
@@ -1275,12 +1341,14 @@ class PrometheusSource(TelemetrySource):
         cpu = pd.concat([b.cpu for b in blocks], ignore_index=True)
         powers = [b.power for b in blocks if b.power is not None]
         power = pd.concat(powers, ignore_index=True) if powers else None
+        nms = [b.node_metrics for b in blocks if b.node_metrics is not None]
+        node_metrics = pd.concat(nms, ignore_index=True) if nms else None
         meta = {
             "blocks": len(blocks),
             "samples": sum(b.meta["samples"] for b in blocks),
             "requests": sum(b.meta["requests"] for b in blocks),
         }
-        return RawBlock(cpu=cpu, power=power, missing_nodes=blocks[0].missing_nodes, meta=meta)
+        return RawBlock(cpu=cpu, power=power, node_metrics=node_metrics, missing_nodes=blocks[0].missing_nodes, meta=meta)
 
     # -- assembling frames -------------------------------------------------------------
     def _assemble_cpu(self, series: list[Series]) -> tuple[pd.DataFrame, dict]:
