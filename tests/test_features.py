@@ -75,3 +75,20 @@ def test_rich_features_with_context_train_and_separate_flavours(settings):
     det, _ = continual.ModelRegistry(s).load_alias("champion")
     assert det.config.log1p and det.config.standardize and det.feature_names == feature_columns(("cpu", "node"), 2)
     assert np.isfinite(h["mean_error"])
+
+
+def test_testbed_evaluation_reports_separability_and_open_set(settings):
+    from didact_core import testbed_eval
+    from didact_core.registry import ModelRegistry
+
+    s = settings.replace(nodes=6, features=("cpu", "node"), fault_rate=0.0)
+    day = last_days(1)[0]
+    pipeline.ingest_raw(s, dt.date.fromisoformat(day))
+    pipeline.build_ai_ready(s, dt.date.fromisoformat(day))
+    r = testbed_eval.evaluate(s, [day], max_train=6000, max_test=3000, epochs=4, openset_epochs=2)
+    assert r["latent_knn_accuracy"] > 0.8 and r["raw_knn_accuracy"] > 0.8 and r["pca2_knn_accuracy"] > 0.5
+    assert set(r["openset_auc_by_flavour"]) == set(r["flavours"]) and len(r["flavours"]) >= 8
+    assert 0.5 < r["openset_auc"] <= 1.0
+    assert r["plot_png"][:4] == b"\x89PNG"
+    run = ModelRegistry(s).client.get_run(r["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["openset_auc"] == pytest.approx(r["openset_auc"])
