@@ -205,6 +205,35 @@ def cmd_power(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_testbed(args, settings: Settings) -> int:
+    if args.action == "evaluate":
+        from didact_core import testbed_eval
+
+        days = args.days.split(",") if args.days else last_days(1)
+        console.print(f"evaluating on {', '.join(days)} with features {', '.join(settings.features)}, window {settings.window}")
+        r = testbed_eval.evaluate(settings, days, max_train=args.max_train, epochs=args.epochs)
+        rows = [{"flavour": f, "test samples": r["samples_by_flavour"].get(f, 0),
+                 "latent kNN": f"{r['latent_knn_by_flavour'].get(f, float('nan')):.3f}",
+                 "open-set AUC": "–" if r["openset_auc_by_flavour"].get(f) is None else f"{r['openset_auc_by_flavour'][f]:.3f}"}
+                for f in r["flavours"]]  # fmt: skip
+        console.print(_table("per flavour", rows))
+        console.print(
+            f"latent-2 kNN accuracy {r['latent_knn_accuracy']:.3f} (PCA-2 {r['pca2_knn_accuracy']:.3f}, "
+            f"raw features {r['raw_knn_accuracy']:.3f}); open-set AUC {r['openset_auc']:.3f}; "
+            f"{r['n_params']} parameters; MLflow run {r.get('mlflow_run_id', '')}"
+        )
+        return 0
+    from didact_core import testbed
+
+    return testbed.cli_record(args, settings, console)
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from didact_core.serving import serve_from_args
+
+    return serve_from_args(args, settings)
+
+
 def cmd_ui(args, settings: Settings) -> int:
     from didact_assets.instance import ensure_instance
 
@@ -264,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="what is stored: partitions, versions, models")
     st.set_defaults(func=cmd_status)
 
+    from didact_core.serving import add_serve_arguments
+
+    sv = sub.add_parser("serve", help="score every node live with the champion, export /metrics (127.0.0.1:9108)")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
+
     rv = sub.add_parser("review", help="vet out-of-distribution events: list, accept ID, reject ID")
     rv.add_argument("action", choices=["list", "accept", "reject"])
     rv.add_argument("id", nargs="?", type=int, help="event id (accept/reject)")
@@ -279,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--flush", type=float, default=300.0, help="seconds between spool files")
     pw.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     pw.set_defaults(func=cmd_power)
+
+    tb = sub.add_parser("testbed", help="record labelled workloads on this node; evaluate flavour separation")
+    tb.add_argument("action", choices=["record", "evaluate"])
+    tb.add_argument("--days", help="evaluate: comma-separated days (default yesterday)")
+    tb.add_argument("--max-train", type=int, default=60_000, help="evaluate: training samples")
+    tb.add_argument("--epochs", type=int, default=None, help="evaluate: training epochs")
+    tb.set_defaults(func=cmd_testbed)
 
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
     ui.add_argument("--host", default="127.0.0.1")

@@ -170,9 +170,14 @@ class ModelRegistry:
         try:
             return int(self.client.get_model_version_by_alias(self.name, alias).version)
         except MlflowException as e:
-            if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "not found" in str(e).lower() or "alias" in str(e).lower():
+            # no registered model yet, or no such alias: "not set"; anything else is a real failure
+            missing_model = e.error_code == "RESOURCE_DOES_NOT_EXIST"
+            missing_alias = e.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(e)
+            if missing_model or missing_alias:
                 return None
             raise RegistryError(f"MLflow at {self.tracking_uri}", f"reading alias {alias} failed: {e.message}") from None
+        except OSError as e:
+            raise RegistryError(f"MLflow at {self.tracking_uri}", f"reading alias {alias} failed: {e}") from None
 
     def set_alias(self, alias: str, version: int) -> None:
         self._call(f"setting alias {alias}", self.client.set_registered_model_alias, self.name, alias, str(version))
