@@ -31,18 +31,18 @@ def mlflow_server(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-2000:]
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    else:
-        raise AssertionError("mlflow server did not start")
     try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-2000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("mlflow server did not start in 90 s")
         yield url, tmp_path / "server-artifacts"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
