@@ -225,7 +225,27 @@ def cmd_testbed(args, settings: Settings) -> int:
         return 0
     from didact_core import testbed
 
-    return testbed.cli_record(args, settings, console)
+    if args.action == "record":
+        rec = testbed.record(
+            args.minutes, flavours=args.flavours, segment_seconds=args.segment_seconds, out_csv=args.out,
+            prometheus_url=args.prometheus_url, node_name=args.node_name, seed=args.seed,
+            progress=lambda ev: ev.kind == "tick" or console.print(testbed.format_event(ev), highlight=False),
+            segments=args.segments, settings=settings, io_dir=args.io_dir,
+        )  # fmt: skip
+        console.print(f"{sum(s.labelled for s in rec.segments)} labelled segments of {rec.node} in {rec.labels_csv}; "
+                      "next: didact testbed ingest")  # fmt: skip
+        return 130 if rec.interrupted else 0
+    if args.action == "ingest":
+        days = [dt.date.fromisoformat(d) for d in args.day] if args.day else None
+        console.print(_table("ingested", testbed.ingest_recording(settings, args.labels, days, args.prometheus_url)))
+        return 0
+    import time
+
+    with testbed.serve_recording(settings, port=args.port) as url:  # until Ctrl-C
+        console.print(f"serving {testbed.tsdb_dir(settings)} on {url}: "
+                      f"DIDACT_SOURCE=prometheus DIDACT_PROMETHEUS_URL={url}")  # fmt: skip
+        while True:
+            time.sleep(3600)
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -315,8 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     pw.set_defaults(func=cmd_power)
 
-    tb = sub.add_parser("testbed", help="record labelled workloads on this node; evaluate flavour separation")
-    tb.add_argument("action", choices=["record", "evaluate"])
+    tb = sub.add_parser("testbed", help="record real, labelled workloads on this node; ingest them; "
+                        "evaluate how well a model separates the flavours")  # fmt: skip
+    tb.add_argument("action", choices=["record", "ingest", "serve", "evaluate"])
+    tb.add_argument("--minutes", type=float, default=30.0, help="record: length, rounded to whole rounds "
+                    "(every flavour once per round)")  # fmt: skip
+    tb.add_argument("--segments", type=int, help="record: number of segments instead of --minutes")
+    tb.add_argument("--flavours", help="record: comma list (default all: idle,io_good,io_bad,cpu_1,cpu_n,memory,"
+                    "ctx_switch,mpi_compute,mpi_comm)")  # fmt: skip
+    tb.add_argument("--segment-seconds", type=float, default=60.0)
+    tb.add_argument("--out", help="record: labels CSV (default $DIDACT_HOME/testbed/labels.csv; rows there are kept)")
+    tb.add_argument("--prometheus-url", help="record: a Prometheus that already scrapes this node (default: start "
+                    "node exporter + Prometheus on 127.0.0.1, data kept in $DIDACT_HOME/testbed/prometheus); "
+                    "ingest: read from it")  # fmt: skip
+    tb.add_argument("--node-name", help="the node's name in Prometheus (default: host name, or from the targets)")
+    tb.add_argument("--seed", type=int)
+    tb.add_argument("--io-dir", help="record: where IO flavours write (a disk, not tmpfs)")
+    tb.add_argument("--labels", help="ingest: labels CSV (default $DIDACT_HOME/testbed/labels.csv)")
+    tb.add_argument("--day", action="append", help="ingest: UTC day YYYY-MM-DD, repeatable (default: the CSV's days)")
+    tb.add_argument("--port", type=int, default=9090, help="serve: port on 127.0.0.1")
     tb.add_argument("--days", help="evaluate: comma-separated days (default yesterday)")
     tb.add_argument("--max-train", type=int, default=60_000, help="evaluate: training samples")
     tb.add_argument("--epochs", type=int, default=None, help="evaluate: training epochs")

@@ -11,7 +11,7 @@
 # Quiet: prints one line per action; apt's chatter goes to a log file shown on failure.
 set -euo pipefail
 
-PACKAGES=(prometheus prometheus-node-exporter stress-ng chromium)
+PACKAGES=(prometheus prometheus-node-exporter stress-ng chromium openmpi-bin libopenmpi-dev)
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
