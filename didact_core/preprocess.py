@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,8 @@ DEFAULT_FEATURES = ("idle", "iowait", "system", "user", "other")
 FEATURE_GROUPS = {"cpu": DEFAULT_FEATURES, "node": NODE_FEATURES}
 
 GAP_FACTOR = 1.5
+#: the suffix of a lagged copy of a feature (``user_lag2``)
+_LAG_RE = re.compile(r"_lag[0-9]+$")
 SKEW_TOLERANCE = 0.25
 
 
@@ -128,6 +131,36 @@ def feature_columns(features, window: int = 1) -> tuple[str, ...]:
     if window < 1:
         raise DidactError(f"window={window}", "must be at least 1 timestep")
     return features + tuple(f"{f}_lag{k}" for k in range(1, window) for f in features)
+
+
+def split_feature_columns(names) -> tuple[tuple[str, ...], int]:
+    """The inverse of :func:`feature_columns`: a model's input columns → (base features, window).
+
+    ``("idle", "user", "idle_lag1", "user_lag1")`` → ``(("idle", "user"), 2)``.  Raises
+    :class:`DidactError` when the names are not ``feature_columns(base, window)`` of known
+    features (a model trained on columns preprocessing cannot produce)."""
+    names = tuple(str(n) for n in names)
+    base = []
+    for n in names:
+        if _LAG_RE.search(n):
+            break
+        base.append(n)
+    base = tuple(base)
+    window = len(names) // len(base) if base else 0
+    if not base or window * len(base) != len(names):
+        raise DidactError(
+            f"model feature columns {list(names)}",
+            "are not the base features followed by whole lag blocks (f_lag1 … f_lag{T-1})",
+            "serve a model trained on didact's AI-ready columns (feature_columns(features, window))",
+        )
+    expected = feature_columns(base, window)
+    if expected != names:
+        raise DidactError(
+            f"model feature columns {list(names)}",
+            f"differ from the columns of features {list(base)} with window {window}: {list(expected)}",
+            "serve a model trained on didact's AI-ready columns (feature_columns(features, window))",
+        )
+    return base, window
 
 
 def node_features(node_metrics: pd.DataFrame) -> pd.DataFrame:

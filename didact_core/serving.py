@@ -6,10 +6,15 @@
 Every ``interval_s`` the :class:`ServingService`
 
 1. polls the live feed (:mod:`didact_core.live`) for the latest counters of every
-   (node, cpu) and pairs them with the previous poll;
-2. turns each pair into the interval's fractions with :func:`~didact_core.preprocess.preprocess`
+   (node, cpu) — and, when the champion uses node-level features, the node-level
+   metrics of the same scrapes — and pairs them with the previous poll;
+2. turns each pair into the interval's features with :func:`~didact_core.preprocess.preprocess`
    (the training code: counter resets, NaN, skew … are handled and counted, exported as
-   ``didact_cleaning_events_total{kind}``);
+   ``didact_cleaning_events_total{kind}``; node-level rates joined by node and scrape
+   time); for a champion with temporal context (window T > 1) the lag columns come from
+   a rolling buffer of each series' last T − 1 samples, as training's ``add_windows``
+   builds them from consecutive scrapes (a series without full history yet is counted
+   as ``window_incomplete`` and not scored);
 3. applies the champion (its frozen feature transform included) to all samples at once:
    reconstruction error and latent coordinates per (node, cpu), then per node the mean
    and max error over CPUs, the mean latent point and the OOD flag (a CPU's error above
@@ -24,6 +29,15 @@ when the registry is unreachable the last good model keeps serving, ``didact_reg
 is 0, a warning is logged and the check is retried with exponential backoff.  Without a
 champion, serving says so and keeps polling (``didact_champion_version`` 0).
 
+What the champion needs is read from its ``feature_names``
+(:func:`~didact_core.preprocess.split_feature_columns`: base features and window), so any
+model the nightly training produces (``DIDACT_FEATURES``, ``DIDACT_WINDOW``) is served with
+the same features and transform it was trained on.  A windowed model's lags are the
+series' previous *scrapes*: poll more often than the source scrapes (e.g. ``--interval 7.5``
+for 15 s scrapes; a poll that finds no new scrape costs little and scores nothing), or a
+scrape the feed never showed makes a gap and leaves the next T − 1 samples without history
+(serving warns when that happens often).
+
 Exported metrics (Prometheus naming: ``didact_`` prefix, base units, ``_total`` counters;
 labels ``node``, plus ``cpu`` only while nodes × CPUs ≤ ``cpu_label_cap``)::
 
@@ -36,7 +50,8 @@ labels ``node``, plus ``cpu`` only while nodes × CPUs ≤ ``cpu_label_cap``)::
     didact_ood_events_total                    events sent to the review queue
     didact_ood_samples_total                   CPU samples above the threshold
     didact_samples_scored_total                CPU samples scored
-    didact_cleaning_events_total{kind}         preprocessing's counts (counter_resets, gaps, …)
+    didact_cleaning_events_total{kind}         preprocessing's counts (counter_resets, gaps, …,
+                                               missing_node_metrics, window_incomplete)
     didact_scoring_duration_seconds            histogram: preprocess + model + aggregation
     didact_feed_poll_duration_seconds          the last poll of the feed
     didact_feed_up                             0 when the last poll failed
@@ -75,8 +90,8 @@ import pandas as pd
 from .config import Settings
 from .errors import DidactError, RegistryError, SourceUnavailableError
 from .live import FEEDS, LiveFeed, make_feed
-from .preprocess import CleaningReport, preprocess
-from .schema import CPU_MODES, validate_raw_cpu
+from .preprocess import CleaningReport, preprocess, split_feature_columns
+from .schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, TS_DTYPE, validate_raw_cpu
 
 log = logging.getLogger("didact_core.serving")  # the same name when run as __main__
 
@@ -100,6 +115,8 @@ CLEANING_KINDS = (
     "clock_skew",
     "stalled",
     "clamped",
+    "missing_node_metrics",
+    "window_incomplete",
 )
 SCORING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -119,6 +136,13 @@ class LoadedModel:
     centroids: dict = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     _fused: bool | None = None
+    #: the AI-ready features the model's columns are built from, and its window (timesteps)
+    base_features: tuple[str, ...] = field(init=False)
+    window: int = field(init=False)
+
+    def __post_init__(self):
+        # raises DidactError for columns preprocessing cannot produce (the watcher keeps the last model)
+        self.base_features, self.window = split_feature_columns(self.detector.feature_names)
 
     @property
     def threshold(self) -> float:
@@ -126,7 +150,12 @@ class LoadedModel:
 
     @property
     def features(self) -> tuple[str, ...]:
+        """The model's input columns (base features, then their lags)."""
         return tuple(self.detector.feature_names)
+
+    @property
+    def needs_node_metrics(self) -> bool:
+        return any(f in NODE_FEATURES for f in self.base_features)
 
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reconstruction error (n,) float64, latent (n, d) float32) of raw feature rows."""
@@ -213,21 +242,53 @@ class IntervalScores:
 
 
 class Scorer:
-    """Consecutive polls → the interval's fractions (``preprocess``) → the model → per node.
+    """Consecutive polls → the interval's features (``preprocess``) → the model → per node.
 
     Keeps the previous poll per (node, cpu).  A series whose latest row is invalid (NaN,
     negative) keeps its previous valid row, so the next interval spans both scrapes; a
     series that has not been scraped again since the last poll gives no sample (not a
     duplicate: polling faster than scraping is normal).  Series unseen for
     ``forget_after_s`` (scrape time) are forgotten.
+
+    Node-level metrics (``node_metrics``, raw rows of the feed's poll) are paired the way
+    training pairs them: each node's rate is taken between its consecutive scrapes (the
+    last two are kept), and joined to its CPU samples by scrape time; a model that needs
+    them gets none without them (its samples are counted as ``missing_node_metrics``).
+
+    For a model with a window T > 1 the lag columns come from :class:`WindowBuffer`.
+
+    ``interval_s`` is the nominal scrape interval — what training infers as a day's
+    median step — for preprocessing's gap tests and the windows' consecutive-scrape
+    test; None estimates it as the median of the last intervals' median sample length
+    (one interval's own median would call a pause of the whole cluster "no gap").
     """
 
-    def __init__(self, forget_after_s: float = 3600.0):
+    def __init__(self, forget_after_s: float = 3600.0, interval_s: float | None = None):
         self.forget_after_s = forget_after_s
+        self.interval_s = interval_s
         self._prev: pd.DataFrame | None = None
+        self._seen_invalid: set = set()
+        self._nodes = NodeHistory(forget_after_s)
+        self.windows = WindowBuffer(forget_after_s)
+        self._steps: list[float] = []
 
     def reset(self) -> None:
         self._prev = None
+        self._seen_invalid = set()
+        self._nodes = NodeHistory(self.forget_after_s)
+        self.windows = WindowBuffer(self.forget_after_s)
+        self._steps = []
+
+    def step_s(self) -> float | None:
+        """The scrape interval in seconds: ``interval_s`` when given, else the median of the
+        last 32 intervals' median sample length (None before the first samples)."""
+        if self.interval_s:
+            return float(self.interval_s)
+        return float(np.median(self._steps)) if self._steps else None
+
+    def _observe(self, samples: pd.DataFrame) -> None:
+        if not self.interval_s and len(samples):
+            self._steps = [*self._steps[-31:], float(np.median(samples["dt_s"].to_numpy()))]
 
     def _pairs(self, raw: pd.DataFrame) -> pd.DataFrame | None:
         """Rows to preprocess (previous + new scrape of each series with a new scrape); updates the state."""
@@ -244,6 +305,8 @@ class Scorer:
         )
         if aligned:
             fresh = raw["ts"].array.asi8 != prev["ts"].array.asi8
+            if not valid.all():
+                self._skip_seen_invalid(raw, valid, fresh)
             if fresh.all():
                 pairs = pd.concat([prev, raw], ignore_index=True)
             else:
@@ -261,6 +324,7 @@ class Scorer:
         prev_ts = np.full(len(raw), np.iinfo(np.int64).min, dtype=np.int64)
         prev_ts[has] = prev["ts"].array.asi8[pos[has]]
         fresh = has & (raw["ts"].array.asi8 != prev_ts)
+        self._skip_seen_invalid(raw, valid, fresh)
         pairs = pd.concat([prev.iloc[pos[fresh]], raw[fresh]], ignore_index=True)
         keep_new = raw[valid]
         replaced = np.zeros(len(prev), dtype=bool)
@@ -274,16 +338,61 @@ class Scorer:
         )
         return pairs
 
+    def _skip_seen_invalid(self, raw: pd.DataFrame, valid: np.ndarray, fresh: np.ndarray) -> None:
+        """An invalid scrape is counted once: while a series' latest scrape is the same
+        invalid one (the feed has nothing newer), it is not paired again.  (Rare rows only.)"""
+        bad = np.flatnonzero(~valid)
+        if not len(bad) and not self._seen_invalid:
+            return
+        rows = raw.iloc[bad]
+        keys = list(zip(rows["node"].astype(str), rows["cpu"].tolist(), rows["ts"].array.asi8.tolist()))
+        again = np.array([k in self._seen_invalid for k in keys], dtype=bool)
+        fresh[bad[again]] = False
+        self._seen_invalid = set(keys)
+
+    def features(self, pairs: pd.DataFrame, model: LoadedModel, node_pairs: pd.DataFrame | None):
+        """(samples with the model's columns, report) of one interval's paired rows."""
+        base = model.base_features
+        step = self.step_s()
+        if model.needs_node_metrics and (node_pairs is None or node_pairs.empty):
+            cpu_only = tuple(f for f in base if f not in NODE_FEATURES)
+            samples, report = preprocess(pairs, cpu_only or ("idle",), interval_s=step)
+            self._observe(samples)
+            report.missing_node_metrics, report.rows_out = len(samples), 0
+            samples = samples.iloc[:0].assign(**{f: np.zeros(0, np.float32) for f in base})
+        else:
+            samples, report = preprocess(pairs, base, interval_s=step, node_metrics=node_pairs)
+            self._observe(samples)
+        if model.window > 1:
+            step = self.step_s()
+            step_ms = None if step is None else step * 1000.0
+            samples, report.window_incomplete = self.windows.apply(samples, base, model.window, step_ms)
+            report.rows_out = len(samples)
+        return samples, report
+
     def score(
-        self, raw: pd.DataFrame, model: LoadedModel | None, now: float | None = None
+        self,
+        raw: pd.DataFrame,
+        model: LoadedModel | None,
+        now: float | None = None,
+        node_metrics: pd.DataFrame | None = None,
     ) -> IntervalScores | None:
-        """Score the interval since the previous poll (None on the first poll or without a model)."""
+        """Score the interval since the previous poll (None on the first poll or without a model).
+
+        ``node_metrics``: the node-level metrics of the same poll (``LiveFeed.node_metrics()``),
+        needed by models with node-level features."""
         t0 = time.perf_counter()
         raw = validate_raw_cpu(raw, "live feed poll")
         pairs = self._pairs(raw)
-        if pairs is None or model is None:
+        # the first poll with node-level metrics (a node-level champion was just loaded) has
+        # no previous node scrape to take rates from: like a first poll, it only sets the state
+        warming = (
+            node_metrics is not None and self._nodes.empty and model is not None and model.needs_node_metrics
+        )
+        node_pairs = self._nodes.pairs(node_metrics)
+        if pairs is None or model is None or warming:
             return None
-        samples, report = preprocess(pairs, model.features)
+        samples, report = self.features(pairs, model, node_pairs)
         err, Z = model.score(samples[list(model.features)].to_numpy(dtype=np.float32))
         samples["error"] = err
         for d in range(Z.shape[1]):
@@ -293,6 +402,170 @@ class Scorer:
         return IntervalScores(
             ts, samples, nodes, report, model.version, model.threshold, time.perf_counter() - t0
         )
+
+
+class NodeHistory:
+    """The last two scrapes of each node's node-level metrics: with the newest poll they
+    give the rows whose consecutive differences are the rates, as training computes them
+    over a day (``preprocess.node_features``).  Two, not one, so a CPU scrape that is one
+    poll behind its node's metrics (a scrape landing between two instant queries) still
+    finds its node's rate.  No metrics in a poll clears the history (a rate must never
+    span an interval the feed did not read)."""
+
+    KEEP = 2
+
+    def __init__(self, forget_after_s: float = 3600.0):
+        self.forget_after_s = forget_after_s
+        self._hist: pd.DataFrame | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self._hist is None or self._hist.empty
+
+    def pairs(self, node_metrics: pd.DataFrame | None) -> pd.DataFrame | None:
+        """Rows for ``preprocess(..., node_metrics=…)`` (each node's last three scrapes); updates the state."""
+        if node_metrics is None:
+            self._hist = None
+            return None
+        cols = ["ts", "node", *NODE_COUNTERS, *NODE_GAUGES]
+        new = node_metrics[cols]
+        if new["ts"].dtype != TS_DTYPE:
+            new = new.assign(ts=pd.to_datetime(new["ts"], utc=True).astype(TS_DTYPE))
+        new = new.assign(node=new["node"].astype(str).to_numpy(dtype=object))
+        both = new if self._hist is None else pd.concat([self._hist, new], ignore_index=True)
+        if both.empty:
+            self._hist = None
+            return None
+        codes, _ = pd.factorize(both["node"].to_numpy())
+        ts = both["ts"].array.asi8
+        order = np.lexsort((ts, codes))  # by node, then time; stable: the newest poll last among equals
+        c, t = codes[order], ts[order]
+        dup = np.r_[(c[1:] == c[:-1]) & (t[1:] == t[:-1]), False]
+        order, c, t = order[~dup], c[~dup], t[~dup]
+        ends = np.flatnonzero(np.r_[c[1:] != c[:-1], True])
+        group = np.repeat(np.arange(len(ends)), np.diff(np.r_[-1, ends]))
+        from_end = ends[group] - np.arange(len(c))
+        recent = t >= t.max() - int(self.forget_after_s * 1000)
+        self._hist = both.iloc[order[(from_end < self.KEEP) & recent]].reset_index(drop=True)
+        return both.iloc[order[from_end <= self.KEEP]].reset_index(drop=True)
+
+
+#: the ts of an empty history slot: far enough back to fail every consecutive-scrape test,
+#: near enough that ``ts - NO_TS`` does not overflow int64
+_NO_TS = -(2**62)
+
+
+class WindowBuffer:
+    """Per (node, cpu) series, the features of its last T − 1 AI-ready samples, for the
+    lag columns ``f_lag1 … f_lag{T-1}`` exactly as :func:`~didact_core.preprocess.add_windows`
+    builds them for consecutive scrapes: lag k is the series' k-th previous sample, usable
+    when it is at most 1.5 × k scrape intervals older; a sample without a full usable
+    history is dropped and counted (and still enters the history, as in training).
+
+    Vectorised: a series is a slot of two arrays (features (slots, T − 1, F) float32, and
+    scrape times (slots, T − 1) int64), found through one ``Index.get_indexer`` per
+    interval; no per-series Python.  A change of features empties the buffer; a change of
+    window keeps what fits.  Series unseen for ``forget_after_s`` are dropped now and then.
+    """
+
+    COMPACT_EVERY = 64
+
+    def __init__(self, forget_after_s: float = 3600.0):
+        self.forget_after_s = forget_after_s
+        self.features: tuple[str, ...] = ()
+        self.depth = 0
+        self._node_ids = pd.Index([], dtype=object)
+        self._keys = pd.Index([], dtype=np.int64)
+        self._vals = np.zeros((0, 0, 0), np.float32)
+        self._ts = np.zeros((0, 0), np.int64)
+        self._calls = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _configure(self, features: tuple[str, ...], depth: int) -> None:
+        if features != self.features:  # another model: nothing of the old history applies
+            self.features = features
+            self._node_ids = pd.Index([], dtype=object)
+            self._keys = pd.Index([], dtype=np.int64)
+            self._vals = np.zeros((0, depth, len(features)), np.float32)
+            self._ts = np.zeros((0, depth), np.int64)
+        elif depth != self.depth:
+            S, keep = len(self._keys), min(depth, self.depth)
+            vals = np.full((S, depth, len(features)), np.nan, np.float32)
+            ts = np.full((S, depth), _NO_TS, np.int64)
+            vals[:, :keep], ts[:, :keep] = self._vals[:, :keep], self._ts[:, :keep]
+            self._vals, self._ts = vals, ts
+        self.depth = depth
+
+    def _slots(self, samples: pd.DataFrame) -> np.ndarray:
+        node = samples["node"]
+        if isinstance(node.dtype, pd.CategoricalDtype):
+            names, codes = node.cat.categories.astype(str), node.cat.codes.to_numpy()
+        else:
+            codes, names = pd.factorize(node.astype(str))
+            names = pd.Index(names)
+        ids = self._node_ids.get_indexer(names)
+        if (ids < 0).any():
+            self._node_ids = self._node_ids.append(pd.Index(names[ids < 0], dtype=object))
+            ids = self._node_ids.get_indexer(names)
+        keys = ids.astype(np.int64)[codes] * 65536 + samples["cpu"].to_numpy().astype(np.int64)
+        slots = self._keys.get_indexer(keys)
+        new = slots < 0
+        if new.any():
+            add = pd.unique(keys[new])
+            self._keys = self._keys.append(pd.Index(add, dtype=np.int64))
+            n = len(add)
+            self._vals = np.concatenate(
+                [self._vals, np.full((n, self.depth, len(self.features)), np.nan, np.float32)]
+            )
+            self._ts = np.concatenate([self._ts, np.full((n, self.depth), _NO_TS, np.int64)])
+            slots = self._keys.get_indexer(keys)
+        return slots
+
+    def apply(
+        self, samples: pd.DataFrame, features, window: int, step_ms: float | None
+    ) -> tuple[pd.DataFrame, int]:
+        """``samples`` (one per series) with the lag columns, rows without full history
+        dropped; returns (frame, how many were dropped).  Updates the history."""
+        features, depth = tuple(features), window - 1
+        self._configure(features, depth)
+        n = len(samples)
+        names = [f"{f}_lag{k}" for k in range(1, window) for f in features]
+        if n == 0:
+            return samples.assign(**{c: np.zeros(0, np.float32) for c in names}), 0
+        slots = self._slots(samples)
+        ts = samples["ts"].array.asi8
+        X = np.column_stack([samples[f].to_numpy(dtype=np.float32) for f in features])
+        hist_ts, hist_vals = self._ts[slots], self._vals[slots]  # (n, depth), (n, depth, F): copies
+        ok = np.ones(n, dtype=bool)
+        if step_ms is None:
+            ok[:] = False
+        else:
+            for k in range(1, window):
+                ok &= ts - hist_ts[:, k - 1] <= 1.5 * k * step_ms
+        # (n, depth × F) in feature_columns' order: lag 1 of every feature, then lag 2, …
+        lags = pd.DataFrame(hist_vals.reshape(n, depth * len(features)), columns=names, index=samples.index)
+        # the history moves one step: this sample becomes lag 1
+        if depth > 1:
+            self._vals[slots, 1:] = hist_vals[:, :-1]
+            self._ts[slots, 1:] = hist_ts[:, :-1]
+        self._vals[slots, 0] = X
+        self._ts[slots, 0] = ts
+        self._calls += 1
+        if self._calls % self.COMPACT_EVERY == 0:
+            self._forget(int(ts.max()) - int(self.forget_after_s * 1000))
+        out = pd.concat([samples, lags], axis=1)
+        if not ok.all():
+            out = out[ok].reset_index(drop=True)
+        return out, int(n - ok.sum())
+
+    def _forget(self, cutoff_ms: int) -> None:
+        keep = self._ts[:, 0] >= cutoff_ms
+        if keep.all():
+            return
+        self._keys = self._keys[keep]
+        self._vals, self._ts = self._vals[keep], self._ts[keep]
 
 
 def aggregate_nodes(samples: pd.DataFrame, err: np.ndarray, Z: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -752,9 +1025,13 @@ class ModelWatcher:
         except (DidactError, MlflowException, OSError) as e:
             self._failed(f"loading champion v{version}: {_msg(e)}", registry_down=False)
             return False
-        model = LoadedModel(
-            detector, version, facts=_model_facts(reg, version), centroids=_centroids(reg, version)
-        )
+        try:
+            model = LoadedModel(
+                detector, version, facts=_model_facts(reg, version), centroids=_centroids(reg, version)
+            )
+        except DidactError as e:
+            self._failed(f"champion v{version} cannot be served: {_msg(e)}", registry_down=False)
+            return False
         model.score(
             np.zeros((1, len(model.features)), np.float32)
         )  # decide one-pass scoring now, not mid-interval
@@ -764,10 +1041,13 @@ class ModelWatcher:
         if self.metrics is not None:
             self.metrics.model_loaded(model)
         log.info(
-            "serving %s v%d (threshold %.4g)%s",
+            "serving %s v%d (threshold %.4g; %d features%s%s)%s",
             self.settings.model_name,
             version,
             model.threshold,
+            len(model.base_features),
+            ", node-level" if model.needs_node_metrics else "",
+            f", window {model.window}" if model.window > 1 else "",
             f", was v{old.version}" if old else "",
         )
         return True
@@ -976,12 +1256,14 @@ class ServingService:
             cpu_label_cap, stale, feed=self.feed.name, model_name=self.settings.model_name
         )
         self.watcher = ModelWatcher(self.settings, self.metrics, self.reload_s)
-        self.scorer = Scorer()
+        self.scorer = Scorer(interval_s=getattr(self.feed, "scrape_interval_s", None))
         self.review = ReviewSink(self.settings) if review else None
         self.last: IntervalScores | None = None
         self.intervals = 0
         self._http = None
         self._watch_thread: threading.Thread | None = None
+        self._warned_no_node_metrics = False
+        self._warned_gaps_at = -math.inf
 
     # -- one interval --
     def run_once(self) -> IntervalScores | None:
@@ -991,19 +1273,31 @@ class ServingService:
         if self._watch_thread is None and self.watcher.due():
             self.watcher.check()
         model = self.watcher.current
+        want_nodes = model is not None and model.needs_node_metrics
         t0 = time.perf_counter()
         try:
-            raw = self.feed.poll()
+            raw = self.feed.poll(node_metrics=True) if want_nodes else self.feed.poll()
+            node_metrics = self.feed.node_metrics() if want_nodes else None
         except SourceUnavailableError as e:
             self.metrics.feed_up.set(0)
             log.warning("live feed %s: %s", self.feed.name, e)
             return None
         poll_s = time.perf_counter() - t0
+        if want_nodes and node_metrics is None and not self._warned_no_node_metrics:
+            log.warning(
+                "live feed %s gives no node-level metrics, which champion v%d uses (%s): its samples are "
+                "counted as missing_node_metrics and not scored",
+                self.feed.name,
+                model.version,
+                ", ".join(f for f in model.base_features if f in NODE_FEATURES),
+            )
+        self._warned_no_node_metrics = want_nodes and node_metrics is None
         now = time.time()
-        scores = self.scorer.score(raw, model, now)
+        scores = self.scorer.score(raw, model, now, node_metrics=node_metrics)
         events = pd.DataFrame()
         if scores is not None:
             events = ood_events(scores, model)
+            self._check_skipped_scrapes(scores, model)
         sent = len(events)
         self.metrics.interval(scores, self.feed.power(), now, poll_s, sent)
         if self.review is not None and scores is not None:
@@ -1025,6 +1319,26 @@ class ServingService:
                 scores.seconds * 1e3,
             )
         return scores
+
+    def _check_skipped_scrapes(self, scores: IntervalScores, model: LoadedModel) -> None:
+        """Warn (at most hourly) when a windowed model's samples often span skipped scrapes."""
+        rep = scores.report
+        seen = rep.rows_out + rep.window_incomplete + rep.missing_node_metrics
+        if model.window <= 1 or seen == 0 or rep.gaps <= 0.1 * seen:
+            return
+        if time.monotonic() - self._warned_gaps_at < 3600:
+            return
+        self._warned_gaps_at = time.monotonic()
+        log.warning(
+            "%d of %d samples span more than one scrape interval (%.3gs): champion v%d's window of %d "
+            "needs consecutive scrapes — poll more often than the source scrapes (--interval, e.g. half "
+            "the scrape interval)",
+            rep.gaps,
+            seen,
+            self.scorer.step_s() or float("nan"),
+            model.version,
+            model.window,
+        )
 
     # -- HTTP --
     def start_http(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:

@@ -1,7 +1,9 @@
 """Serving as an operator sees it: `didact serve` scores every node with the champion and
 exports it on /metrics; a promotion or rollback is picked up without a restart; a dead
 registry does not stop scoring; every Grafana panel's query returns data from a real
-Prometheus; OOD events land in the review queue."""
+Prometheus; OOD events land in the review queue; a champion trained on node-level
+features with temporal context is served with exactly the features and scores training
+computes."""
 
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from didact_core import continual, pipeline
 from didact_core.config import Settings
-from didact_core.errors import SourceUnavailableError
-from didact_core.live import LocalHostFeed, PrometheusLiveFeed, SimulatedLiveFeed
+from didact_core.errors import DidactError, SourceUnavailableError
+from didact_core.live import NODE_VALUES, LocalHostFeed, PrometheusLiveFeed, SimulatedLiveFeed
 from didact_core.models import ModelConfig
 from didact_core.models.detector import Detector
+from didact_core.preprocess import feature_columns, preprocess, split_feature_columns
 from didact_core.registry import CHAMPION, ModelRegistry
-from didact_core.schema import CPU_MODES
-from didact_core.serving import LoadedModel, Scorer, ServingMetrics, ServingService
-from didact_core.simulator import SimulatedCluster
+from didact_core.schema import CPU_MODES, NODE_FEATURES, RAW_NODE_COLUMNS
+from didact_core.serving import LoadedModel, Scorer, ServingMetrics, ServingService, WindowBuffer
+from didact_core.simulator import DataFaultRates, SimulatedCluster
+from didact_core.warehouse import Warehouse
 
 from .conftest import REPO, yesterday
 from .services import free_port, require_binary, start_node_exporter, start_prometheus
@@ -84,6 +88,18 @@ def quick_detector(seed: int = 0) -> Detector:
     """A detector trained for a second on random CPU fractions (no registry)."""
     X = np.random.default_rng(seed).dirichlet(np.ones(5), 4000).astype(np.float32)
     return Detector(ModelConfig(max_epochs=2, batch_size=512, seed=seed)).fit(X)
+
+
+def quick_rich_detector(window: int = 3, seed: int = 0) -> Detector:
+    """A detector over the five fractions + every node-level feature with ``window``
+    timesteps (log1p + standardisation, as training configures it), trained for a moment
+    on random positive rows."""
+    cols = feature_columns(("cpu", "node"), window)
+    X = np.abs(np.random.default_rng(seed).standard_normal((3000, len(cols)))).astype(np.float32)
+    cfg = ModelConfig(
+        n_features=len(cols), max_epochs=1, batch_size=512, log1p=True, standardize=True, seed=seed
+    )
+    return Detector(cfg, cols).fit(X)
 
 
 def fast_feed(s: Settings, **kw) -> SimulatedLiveFeed:
@@ -164,7 +180,9 @@ def served(trained, tmp_path_factory):
             timeout=90,
         )
         with (
-            start_node_exporter(work, collectors=("cpu",)) as ne,
+            start_node_exporter(
+                work, collectors=("cpu", "stat", "vmstat", "diskstats", "netdev", "meminfo", "loadavg")
+            ) as ne,
             start_prometheus(work, [f"127.0.0.1:{port}", ne.address], scrape_interval="1s") as prom,
         ):
             yield {
@@ -187,6 +205,37 @@ def served(trained, tmp_path_factory):
 
 def serve_log(served) -> str:
     return Path(served["log"]).read_text(errors="replace")[-4000:]
+
+
+#: the rich home's day and cluster: a fixed day, data faults more frequent than the default
+#: (every kind but out-of-order arrivals, see test_serving_a_rich_windowed_champion_equals_training)
+RICH_DAY = dt.date(2026, 11, 20)
+RICH_FAULTS = DataFaultRates(
+    reboot_per_node_day=0.5,
+    missed_scrape=0.01,
+    duplicate=0.005,
+    out_of_order=0.0,
+    nan=0.005,
+    clock_skew=0.005,
+)
+
+
+@pytest.fixture(scope="module")
+def rich(tmp_path_factory) -> dict:
+    """One simulated day through the nightly path with DIDACT_FEATURES=cpu,node and
+    DIDACT_WINDOW=3: raw partition (node-level metrics included), AI-ready partition, and
+    the champion trained on it (45 input columns, log1p + standardisation)."""
+    home = tmp_path_factory.mktemp("serving-rich") / "didact-home"
+    s = Settings(
+        home=str(home), nodes=4, cpus=2, interval_s=60.0, seed=12, workers=1, features=("cpu", "node"), window=3,
+        max_train_samples=6000, model_max_epochs=3, model_batch_size=512,
+    )  # fmt: skip
+    sim = SimulatedCluster(nodes_count=4, cpus=2, interval_s=60.0, seed=12, data_faults=RICH_FAULTS)
+    pipeline.ingest_raw(s, RICH_DAY, source=sim)
+    pipeline.build_ai_ready(s, RICH_DAY)
+    out = continual.train_day(s, RICH_DAY.isoformat())
+    assert out.promoted and out.champion_version == 1
+    return {"settings": s, "cluster": sim, "day": RICH_DAY}
 
 
 # -- (a) didact serve: metrics over HTTP -----------------------------------------------------------
@@ -355,7 +404,14 @@ def test_prometheus_live_feed_reads_node_exporter(served, trained):
     prom, ne = served["prom"], served["node_exporter"]
     feed = PrometheusLiveFeed(trained.replace(prometheus_url=prom.url), job=None)
     feed.metric = f'node_cpu_seconds_total{{instance="{ne.address}"}}'
-    raw = wait_until("node exporter's CPU counters in Prometheus", lambda: [feed.poll()])[0]
+
+    def poll_cpu():
+        try:
+            return [feed.poll()]
+        except SourceUnavailableError:  # not scraped yet (when this test runs first)
+            return None
+
+    raw = wait_until("node exporter's CPU counters in Prometheus", poll_cpu)[0]
     assert set(raw["node"].astype(str)) == {"127.0.0.1"}  # instance, port stripped
     local = LocalHostFeed(node="127.0.0.1").poll()
     assert sorted(raw["cpu"]) == sorted(local["cpu"])
@@ -365,6 +421,35 @@ def test_prometheus_live_feed_reads_node_exporter(served, trained):
     assert abs(raw["ts"].max() - pd.Timestamp.now(tz="UTC")) < pd.Timedelta(
         seconds=15
     )  # scrape time, not query time
+
+    # node-level metrics of the same scrape, as the nightly ingest reads them
+    from didact_core.sources.prometheus import NODE_METRICS
+
+    def poll_both():
+        cpu = feed.poll(node_metrics=True)
+        nm = feed.node_metrics()
+        return nm is not None and nm["ts"].iloc[0] == cpu["ts"].max() and (cpu, nm)
+
+    raw, nm = wait_until("node exporter's node-level metrics in Prometheus", poll_both)
+    assert list(nm.columns) == list(RAW_NODE_COLUMNS) and nm["node"].astype(str).tolist() == ["127.0.0.1"]
+    t_ms = int(nm["ts"].iloc[0].value // 1_000_000)
+    ingest = feed.source.node_metrics_frame(
+        feed.source.fetch(
+            [("__name__", "=~", "|".join(NODE_METRICS)), ("instance", "=", ne.address)], t_ms, t_ms
+        )
+    )
+    want = ingest[ingest["ts"] == nm["ts"].iloc[0]]
+    assert len(want) == 1
+    np.testing.assert_allclose(nm[list(NODE_VALUES)].to_numpy(float), want[list(NODE_VALUES)].to_numpy(float))
+    # … and the local-host feed reads the same devices from /proc (a moment later: counters a bit higher)
+    local = LocalHostFeed(node="127.0.0.1")
+    local.poll(node_metrics=True)
+    here, there = local.node_metrics().iloc[0], nm.iloc[0]
+    slack = {"ctxt": 1e6, "intr": 1e6, "pgfault": 1e6, "disk_io_time": 5, "disk_read_bytes": 5e7,
+             "disk_written_bytes": 5e7, "net_rx_bytes": 5e7, "net_tx_bytes": 5e7}  # fmt: skip
+    for c, extra in slack.items():  # a partition or loopback counted twice would be far above
+        assert there[c] <= here[c] <= 1.2 * there[c] + extra, (c, there[c], here[c])
+    assert here["mem_used_bytes"] == pytest.approx(there["mem_used_bytes"], abs=2**30)
 
     dead = PrometheusLiveFeed(trained.replace(prometheus_url=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(SourceUnavailableError, match="connection refused"):
@@ -649,3 +734,279 @@ def test_no_champion_then_a_promotion_is_picked_up(settings, caplog):
     assert (
         value(m, "didact_champion_version") == v and len(m["didact_reconstruction_error"]) == settings.nodes
     )
+
+
+# -- (f) any model the training side produces: node-level features, temporal context ---------------
+
+
+def test_model_columns_give_features_and_window():
+    """Serving reads what a champion needs from its feature_names alone."""
+    cols = feature_columns(("cpu", "node"), 3)
+    assert split_feature_columns(cols) == (feature_columns(("cpu", "node")), 3)
+    assert split_feature_columns(("idle", "user")) == (("idle", "user"), 1)
+    model = LoadedModel(quick_rich_detector(window=2), version=1)
+    assert (
+        model.window == 2 and model.needs_node_metrics and len(model.features) == 2 * len(model.base_features)
+    )
+    assert not LoadedModel(quick_detector(), version=1).needs_node_metrics
+    for bad in (("idle", "user_lag1"), ("idle", "idle_lag2"), ("x0", "x1")):
+        with pytest.raises(DidactError):
+            split_feature_columns(bad)
+    with pytest.raises(DidactError, match="x0"):  # columns preprocessing cannot make: not servable
+        LoadedModel(Detector(ModelConfig(n_features=2, max_epochs=1)).fit(np.ones((64, 2), np.float32)), 1)
+
+
+def test_serving_a_rich_windowed_champion_equals_training(rich):
+    """The same input gives the same score at training and at serving.
+
+    Training side: the nightly path's own artifacts for a simulated day with
+    DIDACT_FEATURES=cpu,node and DIDACT_WINDOW=3 — the AI-ready partition and the champion
+    trained on it.  Serving side: the simulated live feed replays the same day one poll per
+    scrape arrival (missed, duplicated, NaN and clock-skewed scrapes and reboots included);
+    the Scorer pairs the polls' CPU counters and node-level metrics, calls preprocess and
+    builds the lags from its rolling buffer.  Over six hours the samples serving scores
+    are exactly the partition's: the same (node, cpu, ts) keys, the same 45 input columns
+    bit for bit, the champion's score_samples on the partition's rows, and the same
+    cleaning counts.  (Out-of-order arrivals are left out of this day: a live feed cannot
+    show a late scrape in the order training sorts it into, so there the two see different
+    intervals by design.)"""
+    s, day = rich["settings"], rich["day"]
+    det, version = ModelRegistry(s).load_alias(CHAMPION)
+    model = LoadedModel(det, version)
+    assert model.base_features == feature_columns(("cpu", "node")) and model.window == 3
+    assert det.config.log1p and det.config.standardize  # the frozen transform serving must apply
+    start = pd.Timestamp(day, tz="UTC")
+    end = start + pd.Timedelta(hours=6)
+    wh = Warehouse(s.home_path)
+    raw = wh.read(pipeline.RAW, day.isoformat(), "cpu")
+    raw = raw[raw["ts"] < end]
+    arrivals = np.unique(raw["ts"].astype("datetime64[ms, UTC]").array.asi8)
+
+    now = [arrivals[0] / 1000]
+    feed = SimulatedLiveFeed(s, cluster=rich["cluster"], start=now[0], clock=lambda: now[0])
+    scorer = Scorer(interval_s=feed.scrape_interval_s)
+    served, reports = [], []
+    for t_ms in arrivals:
+        now[0] = t_ms / 1000
+        r = scorer.score(feed.poll(node_metrics=True), model, node_metrics=feed.node_metrics())
+        if r is not None:
+            reports.append(r.report)
+            served.append(r.samples)
+    served = pd.concat(served, ignore_index=True)
+
+    train = wh.read(pipeline.AI_READY, day.isoformat(), "samples")
+    train = train[train["ts"] < end].reset_index(drop=True)
+    train["train_error"] = det.score_samples(train[list(model.features)])
+    key = ["ts", "node", "cpu"]
+    both = [df.assign(node=df["node"].astype(str), cpu=df["cpu"].astype(int)) for df in (train, served)]
+    m = both[0].merge(both[1], on=key, how="outer", suffixes=("_train", "_serve"), indicator=True)
+    assert (m["_merge"] == "both").all(), m.loc[m["_merge"] != "both", [*key, "_merge"]].head(10)
+    assert len(m) > 0.9 * 6 * 60 * s.nodes * s.cpus
+    for c in model.features:
+        np.testing.assert_array_equal(m[f"{c}_train"].to_numpy(), m[f"{c}_serve"].to_numpy(), err_msg=c)
+    np.testing.assert_allclose(m["error"], m["train_error"], rtol=1e-5, atol=1e-7)
+
+    # … and serving counts the day's damage as training does (a duplicate scrape is simply no new poll)
+    nm = wh.read(pipeline.RAW, day.isoformat(), "node_metrics")
+    _, want = preprocess(raw, s.features, node_metrics=nm[nm["ts"] < end], window=3)
+    got = sum(reports[1:], reports[0])
+    kinds = ["nan_rows", "invalid_rows", "counter_resets", "gaps", "long_gaps", "clock_skew", "stalled",
+             "missing_node_metrics", "window_incomplete", "rows_out"]  # fmt: skip
+    assert {k: getattr(got, k) for k in kinds} == {k: getattr(want, k) for k in kinds}
+    assert want.counter_resets and want.gaps and want.clock_skew and want.nan_rows  # the span holds damage
+
+
+def test_windows_come_from_consecutive_scrapes():
+    """A window-2 model: lag 1 is the series' previous interval; a series without one (the
+    first interval, or after a pause) is not scored but counted; the history survives a
+    model with another window and is emptied by one with other features."""
+    cols = feature_columns(("cpu",), 2)
+    det = Detector(ModelConfig(n_features=len(cols), max_epochs=1, batch_size=512), cols).fit(
+        np.random.default_rng(0).dirichlet(np.ones(5), 2000).repeat(2, axis=1).astype(np.float32)
+    )
+    model = LoadedModel(det, version=2)
+    busy = np.array([0.2, 0, 0, 0, 0, 0, 0.2, 0.6])  # idle, iowait, irq, nice, softirq, steal, system, user
+    quiet = np.array([0.9, 0, 0, 0, 0, 0, 0.05, 0.05])
+    counters = {("a", 0): np.full(8, 100.0), ("a", 1): np.full(8, 200.0)}
+
+    def poll(t: float, split: np.ndarray, dt_s: float = 15.0) -> pd.DataFrame:
+        for k, v in counters.items():
+            counters[k] = v + split * dt_s
+        return raw_frame(t, {k: list(v) for k, v in counters.items()})
+
+    scorer = Scorer(interval_s=15.0)
+    assert scorer.score(poll(0, quiet), model) is None
+    first = scorer.score(poll(15, quiet), model)  # no previous sample yet
+    assert len(first.samples) == 0 and first.report.window_incomplete == 2
+    r = scorer.score(poll(30, busy), model)
+    assert len(r.samples) == 2 and r.report.window_incomplete == 0
+    row = r.samples.iloc[0]
+    assert row["user"] == pytest.approx(0.6) and row["user_lag1"] == pytest.approx(0.05)
+    assert row["idle"] == pytest.approx(0.2) and row["idle_lag1"] == pytest.approx(0.9)
+    # a pause of three scrapes: a usable (gap) interval, but its previous sample is too old
+    paused = scorer.score(poll(90, quiet, dt_s=60), model)
+    assert paused.report.gaps == 2 and paused.report.window_incomplete == 2 and len(paused.samples) == 0
+    r = scorer.score(poll(105, busy), model)
+    assert len(r.samples) == 2 and r.samples["user_lag1"].iloc[0] == pytest.approx(0.05)
+    frame = r.samples[["ts", "node", "cpu", "idle", "user"]]
+
+    # a CPU-only model with no window on the same scorer, then the window-2 model again
+    assert len(scorer.score(poll(120, quiet), LoadedModel(quick_detector(), 3)).samples) == 2
+    r = scorer.score(poll(135, busy), model)  # the buffer still holds t=105; 120 was not recorded
+    assert r.report.window_incomplete == 2
+    # other features empty the buffer
+    buf = WindowBuffer()
+    buf.apply(frame, ("idle", "user"), 2, 15_000)
+    assert len(buf) == 2
+    buf.apply(frame.iloc[:0], ("idle",), 2, 15_000)
+    assert len(buf) == 0
+
+
+def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
+    """A CPU-only champion, then a promotion to a node-level, window-3 one: its first poll
+    with node-level metrics only sets their state, the next two build each series' history
+    (counted, not damage), then every node is scored and exported.  A feed with no
+    node-level metrics: nothing scored, every sample counted as missing_node_metrics, one
+    warning.  An injected fault kind drives the node's node-level metrics too."""
+    model = LoadedModel(quick_rich_detector(), version=4)
+    n = settings.nodes * settings.cpus
+
+    # one poll per scrape (a simulated minute per poll): a poll that skipped a scrape would
+    # leave the next samples without consecutive history, as it would in production
+    feed = SimulatedLiveFeed(settings, speed=60, start=time.time(), clock=iter(range(10**6)).__next__,
+                             faults={"node0001": "io_stall"})  # fmt: skip
+    service = ServingService(settings, feed, interval_s=1, review=False)
+    service.watcher.current, service.watcher._next = LoadedModel(quick_detector(), version=3), math.inf
+    assert service.run_once() is None and len(service.run_once().samples) == n
+    assert feed.node_metrics() is None  # a CPU-only champion: the feed reads no more than it needs
+    service.watcher.current = model  # (what the watcher does when the alias moves)
+    scores = [service.run_once() for _ in range(5)]
+    assert scores[0] is None
+    assert [len(sc.samples) for sc in scores[1:]] == [0, 0, n, n]
+    assert [sc.report.window_incomplete for sc in scores[1:]] == [n, n, 0, 0]
+    assert scores[-1].samples[list(NODE_FEATURES)].notna().all().all()
+    m = metrics_of(service.metrics.text().decode())
+    assert len(m["didact_reconstruction_error"]) == settings.nodes
+    assert value(m, "didact_cleaning_events_total", kind="window_incomplete") == 2 * n
+    assert value(m, "didact_cleaning_events_total", kind="missing_node_metrics") == 0
+    assert value(m, "didact_samples_scored_total") == 3 * n
+    io_stall = scores[-1].samples[scores[-1].samples["node"].astype(str) == "node0001"]
+    assert (
+        io_stall["disk_io_time_rate"].between(0.7, 1.0001).all() and (io_stall["mem_used_bytes"] == 4e9).all()
+    )
+    nm = service.feed.node_metrics()
+    assert list(nm.columns) == list(RAW_NODE_COLUMNS) and len(nm) == settings.nodes
+
+    class NoNodeMetrics(SimulatedLiveFeed):
+        def node_metrics(self):
+            return None
+
+    blind = ServingService(
+        settings, NoNodeMetrics(settings, speed=60, start=time.time(), clock=iter(range(0, 10**6, 2)).__next__),
+        interval_s=1, review=False,
+    )  # fmt: skip
+    blind.watcher.current, blind.watcher._next = model, math.inf
+    with caplog.at_level("WARNING", logger="didact_core.serving"):
+        scores = [blind.run_once() for _ in range(4)]
+    assert all(len(sc.samples) == 0 and sc.report.missing_node_metrics == n for sc in scores[1:])
+    assert caplog.text.count("gives no node-level metrics") == 1
+    m = metrics_of(blind.metrics.text().decode())
+    assert value(m, "didact_cleaning_events_total", kind="missing_node_metrics") == 3 * n
+    assert value(m, "didact_feed_up") == 1
+
+
+def test_localhost_feed_reads_node_metrics(tmp_path):
+    """/proc as node exporter reads it: whole disks, non-virtual network devices, bytes and seconds."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "stat").write_text("cpu  1 0 1 10 0 0 0 0\ncpu0 1 0 1 10 0 0 0 0\nintr 12345 7 8 9\nctxt 999\n")
+    (proc / "vmstat").write_text("nr_free_pages 5\npgfault 4242\npgmajfault 3\n")
+    (proc / "diskstats").write_text(
+        "   8       0 sda 100 0 2000 50 200 0 4000 70 0 1500 120 0 0 0 0\n"
+        "   8       1 sda1 90 0 1800 40 190 0 3900 60 0 1400 100 0 0 0 0\n"
+        "   7       0 loop0 5 0 10 0 0 0 0 0 0 3 3 0 0 0 0\n"
+        " 259       0 nvme0n1 10 0 100 1 20 0 200 2 0 500 3 0 0 0 0\n"
+        " 259       1 nvme0n1p1 10 0 100 1 20 0 200 2 0 500 3 0 0 0 0\n"
+    )
+    (proc / "net" / "dev").write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+        "carrier compressed\n"
+        "    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0\n"
+        "  eth0: 5000 50 0 0 0 0 0 0 7000 70 0 0 0 0 0 0\n"
+        "veth12ab: 300 3 0 0 0 0 0 0 400 4 0 0 0 0 0 0\n"
+        "docker0: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n"
+        "  ens3: 100 1 0 0 0 0 0 0 200 2 0 0 0 0 0 0\n"
+    )
+    (proc / "meminfo").write_text(
+        "MemTotal:       16000000 kB\nMemFree:  1 kB\nMemAvailable:   12000000 kB\n"
+    )
+    (proc / "loadavg").write_text("0.52 0.40 0.30 1/123 4567\n")
+    feed = LocalHostFeed(node="here", proc_stat=proc / "stat", proc=proc, clock=lambda: 1_800_000_000.0)
+    raw = feed.poll()
+    assert feed.node_metrics() is None  # only read when asked for
+    raw = feed.poll(node_metrics=True)
+    nm = feed.node_metrics()
+    assert list(nm.columns) == list(RAW_NODE_COLUMNS) and len(nm) == 1
+    assert nm["ts"].iloc[0] == raw["ts"].iloc[0] and nm["node"].astype(str).iloc[0] == "here"
+    got = nm.iloc[0]
+    assert got["ctxt"] == 999 and got["intr"] == 12345 and got["pgfault"] == 4242
+    assert got["disk_read_bytes"] == (2000 + 100) * 512 and got["disk_written_bytes"] == (4000 + 200) * 512
+    assert got["disk_io_time"] == pytest.approx((1500 + 500) / 1000)
+    assert got["net_rx_bytes"] == 5100 and got["net_tx_bytes"] == 7200
+    assert got["mem_used_bytes"] == 4_000_000 * 1024 and got["load1"] == pytest.approx(0.52)
+    (proc / "vmstat").unlink()  # a file that cannot be read: its columns NaN, the rest still read
+    feed.poll(node_metrics=True)
+    assert math.isnan(feed.node_metrics()["pgfault"].iloc[0]) and feed.node_metrics()["ctxt"].iloc[0] == 999
+
+    real = LocalHostFeed()
+    real.poll(node_metrics=True)  # this machine
+    vals = real.node_metrics()[list(NODE_VALUES)].to_numpy(dtype=float)
+    assert np.isfinite(vals).all() and (vals >= 0).all() and real.node_metrics()["ctxt"].iloc[0] > 0
+
+
+@pytest.mark.slow
+def test_serve_a_rich_windowed_champion(rich):
+    """`python -m didact_core.serving` with a champion trained on cpu,node features and a
+    window of 3: every node is scored once its series have two intervals of history."""
+    s = rich["settings"]
+    port = free_port()
+    # two polls per simulated scrape (60 s scrapes, 30 simulated seconds a poll): every scrape is seen
+    argv = f"-m didact_core.serving --port {port} --interval 1 --reload 60 --speed 30 --no-review".split()
+    log_path = Path(s.home) / "serve-rich.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=serve_env(s), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    n = s.nodes * s.cpus
+    try:
+        m = wait_until(
+            "the rich champion scores every node",
+            lambda: (
+                proc.poll() is None
+                and (m := scrape(url))
+                and m.get("didact_samples_scored_total", [({}, 0)])[0][1] >= 2 * n
+                and m
+            ),
+            timeout=90,
+        )
+        nodes = {f"node{i:04d}" for i in range(s.nodes)}
+        errors = {lab["node"]: v for lab, v in m["didact_reconstruction_error"]}
+        assert set(errors) == nodes and all(math.isfinite(v) and v >= 0 for v in errors.values())
+        assert {(lab["node"], lab["dim"]) for lab, _ in m["didact_latent"]} == {
+            (nd, d) for nd in nodes for d in "01"
+        }
+        assert all(math.isfinite(v) for _, v in m["didact_latent"])
+        assert {lab["node"] for lab, v in m["didact_ood"] if v in (0.0, 1.0)} == nodes
+        assert value(m, "didact_champion_version") == 1
+        assert value(m, "didact_model_threshold") == pytest.approx(ModelRegistry(s).load(1).threshold_)
+        # the first two scored intervals only built each series' history
+        assert value(m, "didact_cleaning_events_total", kind="window_incomplete") >= 2 * n
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log_path.read_text(errors="replace")
+    assert "node-level, window 3" in text and "Traceback" not in text, text[-3000:]
