@@ -205,15 +205,28 @@ def add_node_features(samples: pd.DataFrame, node_metrics: pd.DataFrame | None, 
             "or drop them from DIDACT_FEATURES",
         )
     nf = node_features(node_metrics)[["ts", "node", *wanted]]
-    key = samples["node"].astype(str)
-    merged = samples.assign(_node=key.to_numpy()).merge(
-        nf.rename(columns={"node": "_node"}), on=["_node", "ts"], how="left", sort=False
-    ).drop(columns="_node")
-    bad = merged[wanted].isna().any(axis=1).to_numpy()
-    merged = merged[~bad].reset_index(drop=True)
-    if isinstance(samples["node"].dtype, pd.CategoricalDtype):
-        merged["node"] = pd.Categorical(merged["node"], categories=samples["node"].cat.categories)
+    # join on integer keys (node code, epoch ms): a hash lookup, not a string merge
+    node = samples["node"]
+    cats = node.cat.categories.astype(str) if isinstance(node.dtype, pd.CategoricalDtype) else None
+    names = pd.Index(sorted(set(nf["node"]) | set(cats if cats is not None else node.astype(str).unique())))
+    if cats is not None:
+        s_codes = names.get_indexer(cats)[node.cat.codes.to_numpy()]
+    else:
+        s_codes = names.get_indexer(node.astype(str))
+    s_key = _node_ts_key(s_codes, samples["ts"])
+    n_key = _node_ts_key(names.get_indexer(nf["node"]), nf["ts"])
+    pos = pd.Index(n_key).get_indexer(s_key)
+    found = pos >= 0
+    values = nf[wanted].to_numpy(dtype=np.float32)[np.where(found, pos, 0)]
+    values[~found] = np.nan
+    bad = ~found | np.isnan(values).any(axis=1)
+    merged = samples.assign(**{f: values[:, i] for i, f in enumerate(wanted)})[~bad].reset_index(drop=True)
     return merged, int(bad.sum())
+
+
+def _node_ts_key(codes: np.ndarray, ts: pd.Series) -> np.ndarray:
+    ms = pd.to_datetime(ts, utc=True).astype("datetime64[ms, UTC]").array.asi8
+    return codes.astype(np.int64) * (1 << 42) + ms
 
 
 def add_windows(samples: pd.DataFrame, features, window: int, interval_s: float | None = None) -> tuple[pd.DataFrame, int]:
