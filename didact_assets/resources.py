@@ -41,6 +41,7 @@ class DidactResource(dg.ConfigurableResource):
     replay_days: int = _ENV.replay_days
     holdout_fraction: float = _ENV.holdout_fraction
     promotion_tolerance: float = _ENV.promotion_tolerance
+    openset_eval: bool = _ENV.openset_eval
 
     def settings(self) -> Settings:
         fields = self.model_dump()

@@ -92,6 +92,8 @@ class Settings:
     holdout_fraction: float = 0.2
     #: the challenger may be this much worse (relative error) than the champion and still pass
     promotion_tolerance: float = 0.05
+    #: model_evaluation also trains one model per flavour left out (open-set AUC; slow)
+    openset_eval: bool = False
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":

@@ -393,7 +393,8 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
     (forgetting); logged as an MLflow run."""
     import mlflow
 
-    from .evaluation import knn_accuracy, pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
+    from .evaluation import pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
+    from .testbed_eval import openset, separability
 
     wh = Warehouse(settings.home_path, settings.retention_versions)
     features = list(model_features(settings))
@@ -442,13 +443,20 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
                 sub = df.head(5000)
                 z = det.embed(sub[features])
                 if "label" in sub:
-                    m["latent_knn_accuracy"] = knn_accuracy(z, sub["label"].to_numpy())
-                    m["raw_knn_accuracy"] = knn_accuracy(sub[features].to_numpy(), sub["label"].to_numpy())
-                m["pca_agreement"] = pca_structure_agreement(sub[features].to_numpy(), z)
+                    labelled = sub[sub["label"].astype(str) != "unknown"]
+                    try:  # latent vs PCA-2 vs raw features, per flavour too
+                        m.update(separability(det, labelled, features, settings.seed))
+                    except DataQualityError as e:
+                        log.warning("no flavour separability for %s: %s", day, e)
+                m["pca_agreement"] = pca_structure_agreement(det.transform_.transform(sub[features]), z)
                 plots[f"{who}_latent"] = plot_latent(z, sub["label"].to_numpy() if "label" in sub else None,
                                                      title=f"{who} v{version}")  # fmt: skip
                 plots[f"{who}_error_hist"] = plot_error_hist(s, det.threshold_)
             metrics.setdefault(who, {})[name] = m
+        if settings.openset_eval and "label" in sets["holdout"]:
+            train = load_split(wh, day, "train", settings.max_train_samples, settings, cols)
+            known = ~train["label"].astype(str).isin(["unknown"])
+            metrics[who]["openset"] = openset(settings, train[known], sets["holdout"].head(EVAL_SAMPLES), features)
         if len(rejected_events) and "holdout" in sets:
             normal = det.score_samples(sets["holdout"][features])
             anomal = det.score_samples(rejected_events[features])
@@ -469,8 +477,8 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
                 for k, v in m.items():
                     if isinstance(v, (int, float)) and v is not None:
                         flat[f"{who}.{name}.{k}"] = v
-                    elif isinstance(v, dict) and k == "pca_agreement":
-                        flat.update({f"{who}.{name}.pca_{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
+                    elif isinstance(v, dict) and k in ("pca_agreement", "latent_knn_by_flavour", "openset_auc_by_flavour"):
+                        flat.update({f"{who}.{name}.{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
         mlflow.log_metrics(flat)
         mlflow.log_dict(metrics, "evaluation.json")
         for name, png in plots.items():

@@ -89,7 +89,9 @@ def model_evaluation(context: dg.AssetExecutionContext, didact: DidactResource) 
     }
     for who, sets in out.metrics.items():
         for name, m in sets.items():
-            for k in ("mean_error", "latent_knn_accuracy", "fault_roc_auc"):
+            for k in ("mean_error", "latent_knn_accuracy", "pca2_knn_accuracy", "raw_knn_accuracy", "fault_roc_auc"):
                 if m.get(k) is not None:
                     meta[f"{who}/{name}/{k}"] = float(m[k])
+            if name == "openset" and m.get("openset_auc") is not None:
+                meta[f"{who}/openset_auc"] = float(m["openset_auc"])
     return dg.MaterializeResult(metadata=meta)
