@@ -51,6 +51,10 @@ def didact_env(settings, monkeypatch) -> dict:
         "DIDACT_WORKERS": "1",
         # the daemon in the webserver tests must not start runs of its own
         "DIDACT_SCHEDULE_ENABLED": "0",
+        # small, quick training in the processes the daemon launches
+        "DIDACT_MAX_TRAIN_SAMPLES": "2000",
+        "DIDACT_MODEL_MAX_EPOCHS": "2",
+        "DIDACT_MODEL_BATCH_SIZE": "512",
         "DIDACT_SENSORS_ENABLED": "0",
         "DAGSTER_HOME": str(Path(settings.home) / "dagster"),
     }

@@ -3,6 +3,7 @@ and a backfill launched the way the UI launches it (webserver + daemon)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,7 +134,8 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, t
                ... on InvalidSubsetError { message }
              } }""",
         {"params": {"partitionNames": days,
-                    "assetSelection": [{"path": [k]} for k in ("raw_node_metrics", "job_labels", "ai_ready_metrics")]}},
+                    "assetSelection": [{"path": [k]} for k in ("raw_node_metrics", "job_labels", "ai_ready_metrics",
+                                                                "ood_review", "champion_model")]}},
     )["launchPartitionBackfill"]  # fmt: skip
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id = launched["backfillId"]
@@ -152,6 +154,11 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, t
     assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
     wh = Warehouse(settings.home_path)
     assert wh.partitions("ai_ready_metrics") == days
+
+    # the model days trained in order, each from the champion the previous day left
+    lin = wh.lineage("champion_model", event="register")
+    assert lin["partition"].tolist() == days
+    assert [json.loads(u)["parent_model_version"] for u in lin["upstream"]] == [None, 1]
 
     # the UI shows each materialisation with its metadata
     data = graphql(
