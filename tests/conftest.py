@@ -62,3 +62,14 @@ def didact_env(settings, monkeypatch) -> dict:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return {**os.environ, **env, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (its models are small)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

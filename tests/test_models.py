@@ -35,13 +35,8 @@ def flavours(n: int, k: int = 5, seed: int = 0, noise: float = 0.015, shift: flo
     return X.astype(np.float32), labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches gain nothing from threads, and lose a lot when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small batches gain nothing from threads, and lose a lot when the CPUs are shared
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

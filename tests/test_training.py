@@ -12,13 +12,8 @@ from didact_core.models.detector import Detector
 from didact_core.training import TrainingDivergedError, evaluate_loss, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches gain nothing from threads, and lose a lot when the CPUs are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small batches gain nothing from threads, and lose a lot when the CPUs are shared
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fractions(n: int, seed: int = 0) -> np.ndarray:

@@ -228,6 +228,24 @@ def _read_varint(buf: bytes, p: int) -> tuple[int, int]:
             raise ValueError(f"varint too long at byte {p}")
 
 
+def _read_label(raw: bytes, p: int, labels: dict) -> int:
+    """Decode one ``Label {name=1, value=2}`` field starting at its tag; returns the next offset."""
+    ln, p = _read_varint(raw, p + 1)
+    end = p + ln
+    name = value = ""
+    while p < end:
+        t = raw[p]
+        ln2, p2 = _read_varint(raw, p + 1)
+        text = raw[p2 : p2 + ln2].decode("utf-8")
+        if t == 0x0A:
+            name = text
+        elif t == 0x12:
+            value = text
+        p = p2 + ln2
+    labels[name] = value
+    return p
+
+
 def _skip_field(buf: bytes, p: int) -> int:
     tag, p = _read_varint(buf, p)
     wt = tag & 7
@@ -354,19 +372,7 @@ def decode_read_response(raw: bytes) -> list[Series]:
             while p < s_end:
                 tag = raw[p]
                 if tag == 0x0A:  # labels = 1
-                    ln, p = _read_varint(raw, p + 1)
-                    l_end = p + ln
-                    name = value = ""
-                    while p < l_end:
-                        t = raw[p]
-                        ln2, p2 = _read_varint(raw, p + 1)
-                        s = raw[p2 : p2 + ln2].decode("utf-8")
-                        if t == 0x0A:
-                            name = s
-                        elif t == 0x12:
-                            value = s
-                        p = p2 + ln2
-                    labels[name] = value
+                    p = _read_label(raw, p, labels)
                 elif tag == 0x12:  # samples = 2
                     p = _decode_samples(arr, raw, p, s_end, ts_parts, v_parts)
                 else:
@@ -552,20 +558,8 @@ def decode_chunked_stream(raw: bytes, start_ms: int, end_ms: int) -> list[Series
             chunk_starts: list[int] = []
             while p < s_end:
                 tag = raw[p]
-                if tag == 0x0A:
-                    ln, p = _read_varint(raw, p + 1)
-                    l_end = p + ln
-                    name = value = ""
-                    while p < l_end:
-                        t = raw[p]
-                        ln2, p2 = _read_varint(raw, p + 1)
-                        text = raw[p2 : p2 + ln2].decode("utf-8")
-                        if t == 0x0A:
-                            name = text
-                        elif t == 0x12:
-                            value = text
-                        p = p2 + ln2
-                    labels[name] = value
+                if tag == 0x0A:  # labels = 1
+                    p = _read_label(raw, p, labels)
                 elif tag == 0x12:  # Chunk {min_time_ms=1, max_time_ms=2, type=3, data=4}
                     ln, p = _read_varint(raw, p + 1)
                     c_end = p + ln
