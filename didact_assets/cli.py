@@ -103,7 +103,8 @@ def cmd_lineage(args, settings: Settings) -> int:
             "run_id", "mlflow_run_id", "model_version", "actor", "reason"]  # fmt: skip
     df = df[cols].copy()
     df["ts"] = df["ts"].astype(str).str[:19]
-    df["run_id"] = df["run_id"].astype(str).str[:8]
+    for col, width in (("run_id", 8), ("mlflow_run_id", 8), ("upstream", 70), ("reason", 60)):
+        df[col] = df[col].astype(str).str[:width]
     rows = [{k: v for k, v in r.items() if v is not None and str(v) not in ("None", "nan")} for r in df.to_dict("records")]
     console.print(_table(f"lineage · {args.asset} {args.partition or ''}", rows))
     return 0
@@ -151,8 +152,10 @@ def cmd_status(args, settings: Settings) -> int:
            from partition_versions v join partition_heads h using (asset, partition, version)
            group by 1 order by 1"""
     )
+    for col in ("raw_rows", "samples"):
+        df[col] = df[col].astype("Int64")
     console.print(f"home: {settings.home_path}   source: {settings.source}")
-    console.print(_table("partitions (heads)", df.fillna("").to_dict("records")))
+    console.print(_table("partitions (heads)", df.astype(object).where(df.notna(), "").to_dict("records")))
     try:
         from didact_core.continual import registry_status
     except ImportError:

@@ -155,13 +155,22 @@ class ModelRegistry:
         return _info(mv)
 
     def versions(self) -> list[ModelVersionInfo]:
+        """All registered versions, oldest first, with their aliases."""
         from mlflow.exceptions import MlflowException
 
         try:
             found = self.client.search_model_versions(f"name='{self.name}'")
+            aliases = dict(self.client.get_registered_model(self.name).aliases or {})
         except MlflowException:
             return []
-        return sorted((_info(mv) for mv in found), key=lambda v: v.version)
+        by_version: dict[int, list[str]] = {}
+        for a, v in aliases.items():
+            by_version.setdefault(int(v), []).append(a)
+        out = []
+        for mv in found:
+            info = _info(mv)
+            out.append(ModelVersionInfo(**{**info.__dict__, "aliases": tuple(sorted(by_version.get(info.version, [])))}))
+        return sorted(out, key=lambda v: v.version)
 
     def alias(self, alias: str) -> int | None:
         """The version an alias points at, or None."""

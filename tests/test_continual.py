@@ -65,6 +65,7 @@ def test_three_days_train_in_order_from_the_champion(msettings):
     reg = ModelRegistry(msettings)
     assert [v.version for v in reg.versions()] == [1, 2, 3]
     assert reg.alias(CHAMPION) == 3
+    assert [v.aliases for v in reg.versions()] == [(), ("previous_champion",), ("challenger", "champion")]
     assert [v.tags["day"] for v in reg.versions()] == days
 
     # lineage: each version's parent is the previous champion: none → 1 → 2
