@@ -32,6 +32,7 @@ import platform
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", default=None, help="DIDACT_HOME to record into (default: a new temp folder)")
     p.add_argument("--prometheus-url", default=None, help="use this Prometheus instead of starting one")
     p.add_argument("--node-name", default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="record nothing: ingest and evaluate the recording already in --home (after an "
+                        "interruption, or again with other DIDACT_FEATURES / DIDACT_WINDOW)")
     args = p.parse_args(argv)
+    if args.reuse and not args.home:
+        p.error("--reuse needs --home (the DIDACT_HOME holding the recording)")
 
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="didact-bench-testbed-"))
     settings = Settings.from_env(home=str(home), workers=1)
@@ -95,9 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         if ev.kind != "tick":
             print(f"  {time.monotonic() - t0:7.1f}s {testbed.format_event(ev)[:150]}", flush=True)
 
-    rec = testbed.record(flavours=flavours, segments=args.segments, segment_seconds=args.segment_seconds,
-                         out_csv=csv, prometheus_url=args.prometheus_url, node_name=args.node_name,
-                         seed=args.seed, progress=progress, settings=settings)  # fmt: skip
+    if args.reuse:
+        if not csv.exists():
+            print(f"--reuse: no recording in {home} ({csv} does not exist)", file=sys.stderr)
+            return 2
+        days = testbed.labels_days(csv)
+        rec = types.SimpleNamespace(days=days, segments=[], interrupted=False, skipped={})
+        print(f"reusing the recording in {home}: {len(read_labels(csv))} labelled segments on "
+              f"{', '.join(d.isoformat() for d in days)} (no per-segment other_load: it is measured while recording)")
+    else:
+        rec = testbed.record(flavours=flavours, segments=args.segments, segment_seconds=args.segment_seconds,
+                             out_csv=csv, prometheus_url=args.prometheus_url, node_name=args.node_name,
+                             seed=args.seed, progress=progress, settings=settings)  # fmt: skip
     t_rec = time.monotonic() - t0
     load_after = os.getloadavg()[0]
     if rec.interrupted:
@@ -123,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in ("idle", "iowait", "system", "user", "other", "busy_spread"):
         table[c] = feats.groupby("label")[c].mean().round(3)
     other = pd.DataFrame([(s.flavour, s.other_load) for s in rec.segments if s.labelled], columns=["label", "o"])
-    table["other_load"] = other.groupby("label")["o"].mean().round(2)
+    if len(other):
+        table["other_load"] = other.groupby("label")["o"].mean().round(2)
     res = testbed.nearest_centroid_loo(feats)
     enough = table["segments"].min() >= 2
     if enough:
@@ -131,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nper flavour (samples = AI-ready rows, i.e. per CPU thread and second; mean fractions over segments);"
           f" unlabelled samples: {int(counts.get('unknown', 0))}")  # fmt: skip
     print(table.to_string())
-    mean_other = float(other["o"].mean()) if len(other) else 0.0
-    done = [s for s in rec.segments if s.labelled]
-    svc = sum(s.services_cpu_s for s in done) / max(1e-9, sum(s.cpus * (s.stop - s.start) for s in done))
-    print(f"other_load = share of the node's CPU used by anything but the flavour and the recorder's services "
-          f"(other jobs, kernel threads): mean {100 * mean_other:.0f}%"
-          + (" — NOT a quiet node: these figures measure the other work as much as the flavours"
-             if mean_other > testbed.OTHER_LOAD_WARN else ""))  # fmt: skip
-    print(f"the recorder's node exporter + Prometheus (1 s scrapes) used {100 * svc:.1f}% of the node's CPU")
+    if done := [s for s in rec.segments if s.labelled]:
+        mean_other = float(other["o"].mean())
+        svc = sum(s.services_cpu_s for s in done) / max(1e-9, sum(s.cpus * (s.stop - s.start) for s in done))
+        print(f"other_load = share of the node's CPU used by anything but the flavour and the recorder's services "
+              f"(other jobs, kernel threads): mean {100 * mean_other:.0f}%"
+              + (" — NOT a quiet node: these figures measure the other work as much as the flavours"
+                 if mean_other > testbed.OTHER_LOAD_WARN else ""))  # fmt: skip
+        print(f"the recorder's node exporter + Prometheus (1 s scrapes) used {100 * svc:.1f}% of the node's CPU")
     if enough:
         print(f"\nbaseline (per-segment mean fractions + busy spread, leave-one-segment-out nearest centroid): "
               f"accuracy {res['accuracy']:.3f} over {res['segments']} segments, chance {res['chance']:.3f}")  # fmt: skip

@@ -49,8 +49,13 @@ CPU_FEATURES: dict[str, tuple[str, ...]] = {
     "busy": ("system", "user", "nice", "irq", "softirq", "steal"),
 }
 DEFAULT_FEATURES = ("idle", "iowait", "system", "user", "other")
+#: node-level features computed from the CPU counters: per (node, scrape), the mean and the
+#: standard deviation over the node's CPU threads of their ``busy`` fraction.  They give each
+#: per-CPU row its node's context: one busy thread on an otherwise idle node (mean 1/C, high
+#: spread) is not the same as an idle thread or as one of N busy threads
+NODE_CPU_FEATURES = ("node_busy", "node_busy_std")
 #: feature-list shorthands: ``cpu`` = the five fractions, ``node`` = every node-level feature
-FEATURE_GROUPS = {"cpu": DEFAULT_FEATURES, "node": NODE_FEATURES}
+FEATURE_GROUPS = {"cpu": DEFAULT_FEATURES, "node": NODE_FEATURES + NODE_CPU_FEATURES}
 
 GAP_FACTOR = 1.5
 #: the suffix of a lagged copy of a feature (``user_lag2``)
@@ -112,12 +117,12 @@ def check_features(features) -> tuple[str, ...]:
     for f in features:
         expanded.extend(FEATURE_GROUPS.get(f, (f,)))
     features = tuple(expanded)
-    unknown = [f for f in features if f not in CPU_FEATURES and f not in NODE_FEATURES]
+    unknown = [f for f in features if f not in CPU_FEATURES and f not in NODE_FEATURES and f not in NODE_CPU_FEATURES]
     if unknown or not features:
         raise DidactError(
             f"features {list(features)}",
             f"unknown feature(s) {unknown}" if unknown else "the list is empty",
-            f"choose from {sorted(CPU_FEATURES)}, the node-level {list(NODE_FEATURES)}, "
+            f"choose from {sorted(CPU_FEATURES)}, the node-level {list(NODE_FEATURES + NODE_CPU_FEATURES)}, "
             "or the groups cpu and node (DIDACT_FEATURES)",
         )
     if len(set(features)) != len(features):
@@ -287,7 +292,7 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
     raw = validate_raw_cpu(raw)
     rep = CleaningReport(rows_in=len(raw))
     if len(raw) == 0:
-        return _empty(features), rep
+        return _empty(features + tuple(f for f in all_features if f in NODE_CPU_FEATURES)), rep
 
     # series keys, grouped (stable) if the input interleaves series; counters column-wise
     node_codes, node_names = _factorize(raw["node"])
@@ -382,7 +387,26 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
             part += deltas[idx[m]][good]
         part *= inv_total
         out[f] = part.astype(np.float32)
+    if any(f in NODE_CPU_FEATURES for f in all_features):
+        busy = np.zeros(len(sel))
+        for m in CPU_FEATURES["busy"]:
+            busy += deltas[idx[m]][good]
+        busy *= inv_total
+        mean, std = _per_scrape_mean_std(node_codes[rows], ts[rows], busy)
+        for f, v in (("node_busy", mean), ("node_busy_std", std)):
+            if f in all_features:
+                out[f] = v.astype(np.float32)
     return pd.DataFrame(out), rep
+
+
+def _per_scrape_mean_std(node_codes: np.ndarray, ts: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) standard deviation of ``v`` over the rows of each (node, ts),
+    broadcast back to the rows."""
+    group, _ = pd.factorize(node_codes.astype(np.int64) * (1 << 42) + ts, sort=False)
+    n = np.bincount(group).astype(np.float64)
+    mean = np.bincount(group, weights=v) / n
+    var = np.bincount(group, weights=v * v) / n - mean * mean
+    return mean[group], np.sqrt(np.maximum(var, 0.0))[group]
 
 
 def _factorize(nodes: pd.Series) -> tuple[np.ndarray, pd.Index]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from didact_core import continual, pipeline
 from didact_core.errors import DidactError
 from didact_core.preprocess import check_features, feature_columns, node_features, preprocess
-from didact_core.schema import NODE_FEATURES
+from didact_core.schema import CPU_MODES, NODE_FEATURES
 from didact_core.simulator import SimulatedCluster
 from didact_core.warehouse import Warehouse
 
@@ -51,6 +52,27 @@ def test_windows_hold_the_previous_timesteps_of_the_same_series(settings):
     prev = one.loc[(str(row["node"]), row["cpu"], row["ts"] - step)]
     prev2 = one.loc[(str(row["node"]), row["cpu"], row["ts"] - 2 * step)]
     assert row["user_lag1"] == pytest.approx(prev["user"]) and row["idle_lag2"] == pytest.approx(prev2["idle"])
+
+
+def test_node_busy_features_describe_the_node_around_each_cpu(settings):
+    day = dt.date.fromisoformat(last_days(1)[0])
+    block = SimulatedCluster.from_settings(settings).fetch_day(day)
+    df, rep = preprocess(block.cpu, ("busy", "node_busy", "node_busy_std"))
+    assert rep.rows_out == len(df) > 0
+    # every CPU row of one (node, scrape) carries that scrape's mean and spread of `busy`
+    g = df.assign(node=df["node"].astype(str)).groupby(["node", "ts"])["busy"]
+    np.testing.assert_allclose(df["node_busy"], g.transform("mean"), atol=1e-5)
+    np.testing.assert_allclose(df["node_busy_std"], g.transform(lambda v: v.std(ddof=0)), atol=1e-4)
+    assert df["node_busy"].between(0, 1).all() and (df["node_busy_std"] >= 0).all()
+    # one busy thread of two, by hand: mean ½, spread ½ — unlike two idle or two busy threads
+    ts = np.array([0, 1000, 0, 1000], "M8[ms]")
+    raw = pd.DataFrame({"ts": pd.Series(ts).dt.tz_localize("UTC"), "node": ["a"] * 4, "cpu": [0, 0, 1, 1],
+                        **{m: 0.0 for m in CPU_MODES}})  # fmt: skip
+    raw.loc[raw.index[[1]], "user"] = 1.0
+    raw.loc[raw.index[[3]], "idle"] = 1.0
+    one, _ = preprocess(raw, ("user", "node_busy", "node_busy_std"), interval_s=1.0)
+    assert one[["user", "node_busy", "node_busy_std"]].to_numpy().tolist() == [[1.0, 0.5, 0.5], [0.0, 0.5, 0.5]]
+    assert "node_busy" in check_features(("node",))
 
 
 def test_bad_feature_names_are_clear_errors():
