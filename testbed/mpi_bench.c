@@ -1,12 +1,15 @@
 /*
  * mpi_bench — a small MPI workload for the didact testbed (`didact testbed record`).
  *
- *   mpirun -np 2 mpi_bench compute SECONDS
+ *   mpirun -np 2 mpi_bench compute SECONDS [BYTES_PER_RANK]
  *   mpirun -np 2 mpi_bench comm    SECONDS [MESSAGE_BYTES]
  *
- * compute: every rank runs a dependent floating-point loop that stays in registers/L1
- *          (compute bound); every ~20 ms the ranks agree on whether the time is up
- *          with one 4-byte MPI_Allreduce, so communication is negligible.
+ * compute: the shape of an HPC solver: a 2-D Jacobi stencil whose rows are split over the
+ *          ranks.  Each rank sweeps its block (two grids of BYTES_PER_RANK / 2, default
+ *          128 MiB in all: a resident working set, unlike a register-only loop) and after
+ *          every sweep swaps its boundary rows (32 KiB) with its neighbours (MPI_Sendrecv);
+ *          every 8 sweeps an MPI_Allreduce of the residual also decides whether the time is
+ *          up.  Nearly all of its time is user-mode computation.
  * comm:    ranks pair up (0<->1, 2<->3, ...) and ping-pong MESSAGE_BYTES (default
  *          65536) back and forth as fast as they can, with an MPI_Allreduce of a
  *          small vector every 64 round trips (communication bound; an unpaired last
@@ -28,30 +31,55 @@ static int time_is_up(double deadline) {
     return any;
 }
 
-/* ~chunk_iters dependent multiply-adds on 8 independent accumulators */
-static double burn(long chunk_iters, double seed) {
-    double a[8];
-    for (int k = 0; k < 8; k++) a[k] = seed + k * 1e-3;
-    for (long i = 0; i < chunk_iters; i++)
-        for (int k = 0; k < 8; k++) a[k] = a[k] * 0.999999 + 1e-7;
-    double s = 0;
-    for (int k = 0; k < 8; k++) s += a[k];
-    return s;
+#define COLS 4096 /* doubles per grid row: a 32 KiB halo row */
+
+/* one Jacobi sweep over rows 1..rows of a (rows + 2) x COLS grid; returns the residual */
+static double sweep(const double *restrict u, double *restrict v, long rows) {
+    double res = 0;
+    for (long i = 1; i <= rows; i++) {
+        const double *up = u + (i - 1) * COLS, *mid = u + i * COLS, *down = u + (i + 1) * COLS;
+        double *out = v + i * COLS;
+        out[0] = mid[0];
+        out[COLS - 1] = mid[COLS - 1];
+        for (long j = 1; j < COLS - 1; j++) {
+            double x = 0.25 * (up[j] + down[j] + mid[j - 1] + mid[j + 1]);
+            res += (x - mid[j]) * (x - mid[j]);
+            out[j] = x;
+        }
+    }
+    return res;
 }
 
-static int run_compute(int rank, double deadline, double *ops) {
-    long chunk = 200000; /* calibrated below to ~20 ms */
-    double t = MPI_Wtime(), sink = 0;
-    sink += burn(chunk, rank);
-    double dt = MPI_Wtime() - t;
-    if (dt > 0) chunk = (long)(chunk * 0.02 / dt) + 1;
-    long chunks = 0;
-    do {
-        sink += burn(chunk, sink * 1e-12 + rank);
-        chunks++;
-    } while (!time_is_up(deadline));
-    *ops = (double)chunks * chunk * 8;
-    return sink == 12345.678; /* keep the loop from being optimised away */
+static int run_compute(int rank, int size, double deadline, long bytes, double *ops) {
+    long rows = bytes / 2 / (COLS * (long)sizeof(double)) - 2;
+    if (rows < 1) rows = 1;
+    size_t n = (size_t)(rows + 2) * COLS;
+    double *u = malloc(n * sizeof(double)), *v = malloc(n * sizeof(double));
+    if (!u || !v) {
+        fprintf(stderr, "mpi_bench: cannot allocate 2 x %zu bytes\n", n * sizeof(double));
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    for (size_t k = 0; k < n; k++) u[k] = v[k] = (double)((k * 2654435761u + rank) % 1000) / 1000.0;
+    int up = rank > 0 ? rank - 1 : MPI_PROC_NULL, down = rank < size - 1 ? rank + 1 : MPI_PROC_NULL;
+    long sweeps = 0;
+    double res = 0, total = 0;
+    for (;;) {
+        /* halo exchange: my first row goes up, my last row down; theirs land in rows 0 and rows + 1 */
+        MPI_Sendrecv(u + COLS, COLS, MPI_DOUBLE, up, 1, u + (rows + 1) * COLS, COLS, MPI_DOUBLE, down, 1,
+                     MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Sendrecv(u + rows * COLS, COLS, MPI_DOUBLE, down, 2, u, COLS, MPI_DOUBLE, up, 2, MPI_COMM_WORLD,
+                     MPI_STATUS_IGNORE);
+        res = sweep(u, v, rows);
+        double *t = u; u = v; v = t;
+        if (++sweeps % 8 == 0) {
+            MPI_Allreduce(&res, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+            if (time_is_up(deadline)) break;
+        }
+    }
+    *ops = (double)sweeps * rows * (COLS - 2);
+    free(u);
+    free(v);
+    return total < 0; /* keep the sweeps from being optimised away */
 }
 
 static int run_comm(int rank, int size, double deadline, long bytes, double *ops) {
@@ -93,14 +121,15 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     if (argc < 3 || (strcmp(argv[1], "compute") && strcmp(argv[1], "comm"))) {
-        if (rank == 0) fprintf(stderr, "usage: %s compute|comm SECONDS [MESSAGE_BYTES]\n", argv[0]);
+        if (rank == 0) fprintf(stderr, "usage: %s compute SECONDS [BYTES_PER_RANK] | comm SECONDS [MESSAGE_BYTES]\n", argv[0]);
         MPI_Finalize();
         return 2;
     }
     double seconds = atof(argv[2]);
-    long bytes = argc > 3 ? atol(argv[3]) : 65536;
+    int compute = strcmp(argv[1], "compute") == 0;
+    long bytes = argc > 3 ? atol(argv[3]) : (compute ? 128L << 20 : 65536);
     if (!(seconds > 0) || bytes < 0 || bytes > (1L << 30)) {
-        if (rank == 0) fprintf(stderr, "mpi_bench: SECONDS must be > 0 and MESSAGE_BYTES in [0, 1 GiB]\n");
+        if (rank == 0) fprintf(stderr, "mpi_bench: SECONDS must be > 0 and BYTES in [0, 1 GiB]\n");
         MPI_Finalize();
         return 2;
     }
@@ -111,8 +140,7 @@ int main(int argc, char **argv) {
     }
     double t0 = MPI_Wtime(), ops = 0;
     double deadline = t0 + seconds;
-    int rc = strcmp(argv[1], "compute") == 0 ? run_compute(rank, deadline, &ops)
-                                             : run_comm(rank, size, deadline, bytes, &ops);
+    int rc = compute ? run_compute(rank, size, deadline, bytes, &ops) : run_comm(rank, size, deadline, bytes, &ops);
     double elapsed = MPI_Wtime() - t0, total = 0;
     MPI_Reduce(&ops, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     if (rank == 0) {
