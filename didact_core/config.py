@@ -81,6 +81,9 @@ class Settings:
     model_lr: float = 3e-3
     model_max_epochs: int = 20
     model_batch_size: int = 4096
+    #: hidden widths of the encoder (the decoder mirrors them); empty = sized so the model
+    #: has about 40K parameters whatever the number of inputs (144,128 for the 5 CPU fractions)
+    model_hidden: tuple = ()
     #: continue from the champion's weights (False: train each day from scratch)
     model_warm_start: bool = True
     #: today's samples used for training at most (a seeded sample)
@@ -138,6 +141,16 @@ class Settings:
             raise DidactError(
                 f"start_date={self.start_date!r}", "is not a date", "use YYYY-MM-DD (DIDACT_START_DATE)"
             ) from None
+        try:
+            hidden = [int(h) for h in self.model_hidden]
+        except (TypeError, ValueError):
+            hidden = [0]
+        if any(h < 1 for h in hidden):
+            raise DidactError(
+                f"model_hidden={','.join(map(str, self.model_hidden))}",
+                "is not a comma list of positive layer widths",
+                "set DIDACT_MODEL_HIDDEN like 144,128, or unset it for the default size",
+            )
         if not self.features:
             raise DidactError("features", "the feature list is empty", "name at least one feature")
         if self.window < 1:

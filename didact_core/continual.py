@@ -180,8 +180,12 @@ def model_features(settings: Settings) -> tuple[str, ...]:
 def model_config(settings: Settings, n_features: int):
     from .models import ModelConfig
 
+    from .models import hidden_for
+
     node_level = any(f in NODE_FEATURES for f in check_features(settings.features))
+    hidden = tuple(int(h) for h in settings.model_hidden) or hidden_for(n_features, family=settings.model_family)
     return ModelConfig(
+        hidden=hidden,
         # rates and byte counts span decades: log1p, then standardise (frozen after day one)
         log1p=node_level,
         standardize=node_level,

@@ -57,6 +57,22 @@ def test_default_autoencoder_has_about_40k_parameters():
     assert Detector().n_params == n
 
 
+@pytest.mark.parametrize("n_features", [5, 17, 51, 120])
+def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features):
+    from didact_core.config import Settings
+    from didact_core.continual import model_config
+    from didact_core.models import hidden_for
+
+    cfg = model_config(Settings(), n_features)
+    n = count_params(build_model(cfg))
+    assert 36_000 <= n <= 44_000, (cfg.hidden, n)
+    assert cfg.hidden == hidden_for(n_features) and all(h % 8 == 0 for h in cfg.hidden)
+    if n_features == 5:
+        assert cfg.hidden == ModelConfig().hidden
+    # explicit widths win
+    assert model_config(Settings(model_hidden=("64", "32")), n_features).hidden == (64, 32)
+
+
 def test_config_round_trips_through_json_and_rejects_bad_values():
     cfg = ModelConfig(family="vae", hidden=(64, 32), lr=1e-3, log1p=True)
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))

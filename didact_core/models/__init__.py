@@ -149,6 +149,33 @@ def build_model(cfg: ModelConfig):
     return Autoencoder(cfg)
 
 
+#: the default model's size: the autoencoder over the five CPU fractions, widths (144, 128)
+DEFAULT_PARAMS = 39_367
+
+
+def mlp_params(n_features: int, hidden, latent_dim: int = 2, family: str = "autoencoder") -> int:
+    """Trainable parameters of an encoder ``n_features → hidden… → latent`` and its mirrored
+    decoder (the VAE's encoder head is twice as wide)."""
+    head = 2 * latent_dim if family == "vae" else latent_dim
+    enc = [n_features, *hidden, head]
+    dec = [latent_dim, *reversed(tuple(hidden)), n_features]
+    return sum(a * b + b for w in (enc, dec) for a, b in zip(w[:-1], w[1:]))
+
+
+def hidden_for(n_features: int, budget: int = DEFAULT_PARAMS, latent_dim: int = 2,
+               base: tuple[int, ...] = (144, 128), family: str = "autoencoder") -> tuple[int, ...]:
+    """Hidden widths of ``base``'s shape, scaled (multiples of 8) so that the model over
+    ``n_features`` inputs has about ``budget`` parameters: more inputs, narrower layers.
+    Five inputs give ``base`` itself."""
+    best, best_gap = base, None
+    for w0 in range(8, 8 * 129, 8):
+        widths = tuple(max(8, int(round(w0 * b / base[0] / 8)) * 8) for b in base)
+        gap = abs(mlp_params(n_features, widths, latent_dim, family) - budget)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = widths, gap
+    return best
+
+
 def count_params(model) -> int:
     """Number of trainable parameters of a module."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
