@@ -32,7 +32,7 @@ import torch
 
 from .batching import ResidentBatches, pick_device, to_device_tensor
 from .errors import DidactError
-from .models import ModelConfig
+from .models import ModelConfig, effective_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def train(
     dev = pick_device(cfg.device) if device is None else torch.device(device)
     t_start = time.perf_counter()
     model.to(dev)
-    batches = ResidentBatches(X_train, cfg.batch_size, device=dev, seed=cfg.seed)
+    batches = ResidentBatches(X_train, effective_batch_size(cfg, len(X_train)), device=dev, seed=cfg.seed)
     if batches.n == 0:
         raise DidactError("training data", "is empty", "train on a partition with samples")
     val = to_device_tensor(X_val, dev) if X_val is not None and len(X_val) else None

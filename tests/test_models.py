@@ -73,6 +73,21 @@ def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features
     assert model_config(Settings(model_hidden=("64", "32")), n_features).hidden == (64, 32)
 
 
+def test_small_data_gets_enough_steps_per_epoch():
+    from didact_core.models import effective_batch_size
+
+    cfg = ModelConfig()  # batch 4096
+    assert effective_batch_size(cfg, 1_000_000) == 4096
+    assert effective_batch_size(cfg, 3_000) == 94  # 32 steps per epoch
+    assert effective_batch_size(cfg, 500) == 64  # never below 64 ...
+    assert effective_batch_size(cfg.replace(batch_size=32), 500) == 32  # ... nor above batch_size
+    # 2,000 samples, 5 epochs: one 4096-batch per epoch barely moves the weights; 32 steps do
+    X, _ = flavours(2000, seed=3)
+    one = Detector(ModelConfig(max_epochs=5, patience=0, min_batches=1)).fit(X)
+    many = Detector(ModelConfig(max_epochs=5, patience=0)).fit(X)
+    assert many.fit_result_.history[-1]["train_loss"] < 0.5 * one.fit_result_.history[-1]["train_loss"]
+
+
 def test_config_round_trips_through_json_and_rejects_bad_values():
     cfg = ModelConfig(family="vae", hidden=(64, 32), lr=1e-3, log1p=True)
     again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))

@@ -260,3 +260,35 @@ def test_ctrl_c_mid_segment_keeps_the_labels_and_leaves_nothing_running(settings
     assert result["service_pids"] and not any(_alive(p) for p in result["service_pids"])
     assert _pgrep("-f", settings.home) == []
     assert not list(io_dir.glob("run-*"))
+
+
+@pytest.mark.slow
+def test_the_mpi_program_runs_both_modes_through_the_flavours_own_command(tmp_path):
+    """testbed/mpi_bench.c compiled with mpicc and started exactly as the recorder starts it:
+    both modes report work done; compute spends its time in user mode, comm in the kernel."""
+    import resource
+
+    binary = testbed.build_mpi_bench(tmp_path)
+    assert testbed.build_mpi_bench(tmp_path) == binary  # cached by source hash
+    tools = {"mpirun": shutil.which("mpirun")}
+    system_share = {}
+    for name, mode in (("mpi_compute", "compute"), ("mpi_comm", "comm")):
+        ctx = testbed.RunContext(seconds=3, workdir=tmp_path, cpus=2, tools=tools, mpi_bench=binary,
+                                 mem_available=8 << 30)  # fmt: skip
+        argv = testbed.FLAVOURS[name].command(ctx)
+        assert argv[0] == tools["mpirun"] and "self,tcp" in argv and mode in argv
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert testbed.MPI_READY_MARKER.decode() in r.stdout
+        line = [x for x in r.stdout.splitlines() if x.startswith(f"mpi_bench {mode} ranks=2")]
+        assert line and float(line[0].rsplit("ops_per_s=", 1)[1]) > 0, r.stdout
+        user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+        system_share[mode] = sys_ / (user + sys_)
+    assert system_share["compute"] < 0.25 < system_share["comm"], system_share
+
+    # bad arguments: a usage message, not a hang
+    r = subprocess.run([tools["mpirun"], *argv[1:argv.index(str(binary))], str(binary), "compute", "-1"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0 and "SECONDS must be > 0" in (r.stdout + r.stderr)

@@ -51,6 +51,9 @@ class ModelConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 4096
+    #: small data: the batch shrinks (not below 64) so that an epoch has at least this many
+    #: optimisation steps; a few thousand samples in one 4096-batch would train 1 step/epoch
+    min_batches: int = 32
     max_epochs: int = 20
     #: early stopping: epochs without a validation improvement of at least min_delta
     patience: int = 3
@@ -94,7 +97,7 @@ class ModelConfig:
             bad("activation", "is not a known activation", f"use one of {', '.join(ACTIVATIONS)}")
         if self.compile not in COMPILE_MODES:
             bad("compile", "is not a compile mode", f"use one of {', '.join(COMPILE_MODES)}")
-        for name in ("n_features", "latent_dim", "batch_size", "max_epochs"):
+        for name in ("n_features", "latent_dim", "batch_size", "max_epochs", "min_batches"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "must be a positive integer")
@@ -174,6 +177,12 @@ def hidden_for(n_features: int, budget: int = DEFAULT_PARAMS, latent_dim: int = 
         if best_gap is None or gap < best_gap:
             best, best_gap = widths, gap
     return best
+
+
+def effective_batch_size(cfg: "ModelConfig", n: int) -> int:
+    """``cfg.batch_size``, or smaller for small data: at least ``cfg.min_batches`` steps per
+    epoch, batches of at least 64 samples (never more than ``cfg.batch_size``)."""
+    return max(1, min(cfg.batch_size, max(64, -(-n // cfg.min_batches))))
 
 
 def count_params(model) -> int:
