@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from didact_core.batching import ResidentBatches
-from didact_core.models import ModelConfig, build_model
+from didact_core.models import ModelConfig, build_model, effective_batch_size
 from didact_core.models.detector import Detector
 from didact_core.training import TrainingDivergedError, evaluate_loss, train
 
@@ -49,7 +49,8 @@ def test_train_reports_history_and_restores_the_best_epoch():
     assert [c[0] for c in calls] == list(range(res.epochs)) and res.epochs <= CFG.max_epochs
     assert all(np.isfinite(t) and np.isfinite(v) for _, t, v in calls)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
-    assert res.samples_seen == res.epochs * (2500 // 256) * 256 and res.seconds > 0
+    b = effective_batch_size(CFG, 2500)  # 79: 32 steps per epoch, the last partial batch dropped
+    assert b == 79 and res.samples_seen == res.epochs * (2500 // b) * b and res.seconds > 0
     best = min(h["val_loss"] for h in res.history)
     assert res.best_loss == best and res.history[res.best_epoch]["val_loss"] == best
     assert evaluate_loss(model, torch.from_numpy(X[2500:])) == pytest.approx(best, rel=1e-5)
