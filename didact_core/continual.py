@@ -481,7 +481,7 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
                 for k, v in m.items():
                     if isinstance(v, (int, float)) and v is not None:
                         flat[f"{who}.{name}.{k}"] = v
-                    elif isinstance(v, dict) and k in ("pca_agreement", "latent_knn_by_flavour", "openset_auc_by_flavour"):
+                    elif isinstance(v, dict) and k in PER_KEY_METRICS:
                         flat.update({f"{who}.{name}.{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
         mlflow.log_metrics(flat)
         mlflow.log_dict(metrics, "evaluation.json")
@@ -491,6 +491,10 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
     wh.record("evaluate", EVAL_ASSET, partition=day, model_version=str(challenger_v), run_id=run_id,
               mlflow_run_id=mlflow_run_id, upstream={"parent_model_version": baseline_v, "champion": champion_v})  # fmt: skip
     return EvaluationOutcome(day, champion_v, challenger_v, baseline_v, metrics, mlflow_run_id)
+
+
+#: evaluation results that are dicts (per flavour, per component) logged as one metric per key
+PER_KEY_METRICS = ("pca_agreement", "latent_knn_by_flavour", "latent_knn_by_segment_by_flavour", "openset_auc_by_flavour")
 
 
 def _event_features(decided: pd.DataFrame, status: str, features: list[str]) -> pd.DataFrame:
