@@ -891,8 +891,10 @@ def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
     assert value(m, "didact_cleaning_events_total", kind="missing_node_metrics") == 0
     assert value(m, "didact_samples_scored_total") == 3 * n
     io_stall = scores[-1].samples[scores[-1].samples["node"].astype(str) == "node0001"]
+    # io_stall keeps the disk busy: rate 1.0 × lognormal(σ 0.2) noise, capped at 1 (idle: 0.002);
+    # 0.4 is 4.5 σ below, while 0.7 (1.7 σ) failed one CI run in twenty
     assert (
-        io_stall["disk_io_time_rate"].between(0.7, 1.0001).all() and (io_stall["mem_used_bytes"] == 4e9).all()
+        io_stall["disk_io_time_rate"].between(0.4, 1.0001).all() and (io_stall["mem_used_bytes"] == 4e9).all()
     )
     nm = service.feed.node_metrics()
     assert list(nm.columns) == list(RAW_NODE_COLUMNS) and len(nm) == settings.nodes
