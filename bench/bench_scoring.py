@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from didact_core.config import Settings
 from didact_core.live import SimulatedLiveFeed
-from didact_core.models import ModelConfig
+from didact_core.models import ModelConfig, hidden_for
 from didact_core.models.detector import Detector
 from didact_core.preprocess import feature_columns, preprocess
 from didact_core.serving import LoadedModel, Scorer, ServingMetrics
@@ -82,8 +82,9 @@ RICH_WINDOW = 3
 
 
 def train_rich_model(epochs: int) -> tuple[Detector, float]:
-    """``ModelConfig()`` over cpu,node features with window 3 (45 columns, log1p + standardise),
-    trained on the same simulated day, preprocessed with node-level metrics."""
+    """The default model over cpu,node features with window 3 (51 columns, log1p + standardise,
+    widths sized to about 40K parameters as training sizes them), trained on the same simulated
+    day, preprocessed with node-level metrics."""
     t0 = time.perf_counter()
     sim = SimulatedCluster(nodes_count=32, cpus=8, interval_s=60.0, seed=1)
     day = dt.date.today() - dt.timedelta(days=2)
@@ -91,7 +92,8 @@ def train_rich_model(epochs: int) -> tuple[Detector, float]:
     ai, _ = preprocess(block.cpu, RICH_FEATURES, node_metrics=block.node_metrics, window=RICH_WINDOW)
     cols = feature_columns(RICH_FEATURES, RICH_WINDOW)
     X = ai[list(cols)].sample(n=min(len(ai), 200_000), random_state=0)
-    cfg = ModelConfig(n_features=len(cols), max_epochs=epochs, log1p=True, standardize=True)
+    cfg = ModelConfig(n_features=len(cols), hidden=hidden_for(len(cols)), max_epochs=epochs, log1p=True,
+                      standardize=True)
     det = Detector(cfg, cols).fit(X)
     return det, time.perf_counter() - t0
 
