@@ -38,7 +38,6 @@ import datetime as dt
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from didact_core.models.detector import Detector
 from didact_core.preprocess import feature_columns, preprocess
 from didact_core.serving import LoadedModel, Scorer, ServingMetrics
 from didact_core.simulator import SimulatedCluster
+from didact_core.testbed import free_port
 
 
 def stats_ms(seconds: list[float]) -> tuple[float, float, float]:
@@ -149,12 +149,6 @@ def bench_scoring(det: Detector, nodes: int, cpus: int, repeats: int) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def bench_scrape(det: Detector, nodes: int, cpus: int, repeats: int, cap: int, workdir: Path) -> dict:
     """The real serving process over ``nodes`` simulated nodes; GET /metrics ``repeats`` times."""
     from didact_core.registry import ModelRegistry
@@ -165,7 +159,7 @@ def bench_scrape(det: Detector, nodes: int, cpus: int, repeats: int, cap: int, w
     with reg.run("bench-scoring"):
         v = reg.log_and_register(det, np.full((8, 5), 0.2, dtype=np.float32)).version
     reg.promote(v)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),

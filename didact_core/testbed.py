@@ -466,7 +466,8 @@ def stop_service(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             proc.wait(timeout=10)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -517,7 +518,7 @@ def _service(name: str, argv_for_port: Callable[[int], list[str]], ready_path: s
     last = ""
     fixed = port
     for _attempt in range(1 if fixed else 3):
-        port = fixed or _free_port()
+        port = fixed or free_port()
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
                 argv_for_port(port), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from didact_core.testbed import free_port  # noqa: F401  (one helper for tests, bench and the recorder)
 
 INSTALL_HINT = (
     "run `sudo scripts/install_system_deps.sh` (Debian packages prometheus, prometheus-node-exporter)"
@@ -68,11 +69,20 @@ def require_binary(name: str) -> str:
         raise  # unreachable; keeps type checkers happy
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_http_ok(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Poll ``GET url`` until it answers 2xx; fail with the process's output if it exits first
+    (``proc`` started with ``stdout=PIPE, text=True``) or with a timeout message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{url}: server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {timeout:g} s")
 
 
 @dataclass

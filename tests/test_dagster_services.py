@@ -19,7 +19,7 @@ import requests
 from didact_core.warehouse import Warehouse
 
 from .conftest import REPO, last_days
-from .services import free_port
+from .services import free_port, wait_http_ok
 
 DAGSTER_BIN = Path(sys.executable).parent
 
@@ -60,20 +60,6 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if requests.get(f"{url}/server_info", timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {timeout} s")
-
-
 @pytest.fixture
 def dagster_dev(didact_env, tmp_path):
     """`dagster dev` (webserver + daemon) on a free 127.0.0.1 port."""
@@ -85,7 +71,7 @@ def dagster_dev(didact_env, tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(url, proc)
+        wait_http_ok(f"{url}/server_info", proc, timeout=120)
         yield url
     finally:
         import signal

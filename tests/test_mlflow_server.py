@@ -6,17 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from didact_core import continual, pipeline
 from didact_core.registry import CHAMPION, ModelRegistry
 
 from .conftest import last_days
-from .services import free_port
+from .services import free_port, wait_http_ok
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +30,7 @@ def mlflow_server(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()[-2000:]
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("mlflow server did not start in 90 s")
+        wait_http_ok(f"{url}/health", proc, timeout=90)
         yield url, tmp_path / "server-artifacts"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -71,6 +71,8 @@ def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features
         assert cfg.hidden == ModelConfig().hidden
     # explicit widths win
     assert model_config(Settings(model_hidden=("64", "32")), n_features).hidden == (64, 32)
+    with pytest.raises(DidactError, match="model_hidden=144,abc: is not a comma list of positive layer widths"):
+        Settings.from_env({"DIDACT_MODEL_HIDDEN": "144,abc"})
 
 
 def test_small_data_gets_enough_steps_per_epoch():

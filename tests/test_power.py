@@ -28,7 +28,7 @@ from didact_core.power import NvmlReader, RaplReader, RedfishReader, counter_to_
 from didact_core.power.profiles import power_profiles
 from didact_core.power.rapl import find_zones
 from didact_core.schema import RAW_POWER_COLUMNS
-from tests.services import start_sushy_emulator, start_sushy_static, write_htpasswd
+from tests.services import free_port, start_sushy_emulator, start_sushy_static, write_htpasswd
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -236,9 +236,7 @@ def test_redfish_timeout_and_unreachable(silent_server):
         slow.sample()
     ok, why = slow.available()
     assert not ok and "no answer" in why
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     with pytest.raises(SourceUnavailableError, match="unreachable"):
         RedfishReader(f"http://127.0.0.1:{port}", timeout_s=1).sample()
 
