@@ -35,6 +35,8 @@ class DidactResource(dg.ConfigurableResource):
     model_lr: float = _ENV.model_lr
     model_max_epochs: int = _ENV.model_max_epochs
     model_batch_size: int = _ENV.model_batch_size
+    #: encoder widths; empty = sized to about 40K parameters (DIDACT_MODEL_HIDDEN)
+    model_hidden: list[int] = [int(h) for h in _ENV.model_hidden]
     model_warm_start: bool = _ENV.model_warm_start
     max_train_samples: int = _ENV.max_train_samples
     replay_fraction: float = _ENV.replay_fraction
@@ -46,6 +48,7 @@ class DidactResource(dg.ConfigurableResource):
     def settings(self) -> Settings:
         fields = self.model_dump()
         fields["features"] = tuple(fields["features"])
+        fields["model_hidden"] = tuple(fields["model_hidden"])
         return Settings.from_env(**fields)
 
     def warehouse(self) -> Warehouse:

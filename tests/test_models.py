@@ -71,6 +71,10 @@ def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features
         assert cfg.hidden == ModelConfig().hidden
     # explicit widths win
     assert model_config(Settings(model_hidden=("64", "32")), n_features).hidden == (64, 32)
+    # the Dagster resource carries it to the assets' settings (configurable in the UI)
+    from didact_assets.resources import DidactResource
+
+    assert model_config(DidactResource(home="/nonexistent", model_hidden=[64, 32]).settings(), n_features).hidden == (64, 32)
     with pytest.raises(DidactError, match="model_hidden=144,abc: is not a comma list of positive layer widths"):
         Settings.from_env({"DIDACT_MODEL_HIDDEN": "144,abc"})
 
