@@ -39,9 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from didact_core.simulator import SimulatedCluster  # noqa: E402
-from didact_core.sources.openmetrics import write_openmetrics_windows  # noqa: E402
-from didact_core.sources.prometheus import PrometheusSource  # noqa: E402
+from didact_core.ingest.simulator import SimulatedCluster  # noqa: E402
+from didact_core.ingest.openmetrics import write_openmetrics_windows  # noqa: E402
+from didact_core.ingest.prometheus.source import PrometheusSource  # noqa: E402
 from tests.services import find_binary, promtool_backfill, start_prometheus  # noqa: E402
 
 log = logging.getLogger("bench_prometheus")

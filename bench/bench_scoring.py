@@ -23,7 +23,7 @@
    node-level metrics, pairs them, joins their rates (``preprocess``) and builds the
    lags from the rolling window buffer (four polls first, so every series has history).
 3. **/metrics scrape time for 1,000 nodes** (``--scrape-nodes`` x ``--cpus``): the real
-   ``python -m didact_core.serving`` in a subprocess (a temporary DIDACT_HOME whose
+   ``python -m didact_core.serve.service`` in a subprocess (a temporary DIDACT_HOME whose
    registry holds the benchmark model as champion, the simulated feed), HTTP GET
    ``/metrics`` ``--scrape-repeats`` times while it keeps scoring every 2 s; median, p99
    and the body size.  Twice: with the default cardinality cap (8,000 node-CPU series >
@@ -52,13 +52,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from didact_core.config import Settings
-from didact_core.live import SimulatedLiveFeed
-from didact_core.models import ModelConfig, hidden_for
-from didact_core.models.detector import Detector
-from didact_core.preprocess import feature_columns, preprocess
-from didact_core.serving import LoadedModel, Scorer, ServingMetrics
-from didact_core.simulator import SimulatedCluster
-from didact_core.testbed import free_port
+from didact_core.ingest.live import SimulatedLiveFeed
+from didact_core.learn.models import ModelConfig, hidden_for
+from didact_core.learn.detector import Detector
+from didact_core.data.preprocess import feature_columns, preprocess
+from didact_core.serve.service import LoadedModel, Scorer, ServingMetrics
+from didact_core.ingest.simulator import SimulatedCluster
+from didact_core.testbed.recorder import free_port
 
 
 def stats_ms(seconds: list[float]) -> tuple[float, float, float]:
@@ -151,7 +151,7 @@ def bench_scoring(det: Detector, nodes: int, cpus: int, repeats: int) -> dict:
 
 def bench_scrape(det: Detector, nodes: int, cpus: int, repeats: int, cap: int, workdir: Path) -> dict:
     """The real serving process over ``nodes`` simulated nodes; GET /metrics ``repeats`` times."""
-    from didact_core.registry import ModelRegistry
+    from didact_core.learn.registry import ModelRegistry
 
     home = workdir / f"home-{cap}"
     s = Settings(home=str(home), nodes=nodes, cpus=cpus, interval_s=60.0, seed=3)
@@ -172,7 +172,7 @@ def bench_scrape(det: Detector, nodes: int, cpus: int, repeats: int, cap: int, w
     argv = [
         sys.executable,
         "-m",
-        "didact_core.serving",
+        "didact_core.serve.service",
         "--port",
         str(port),
         "--interval",

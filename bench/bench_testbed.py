@@ -4,14 +4,14 @@ the flavours can be told apart.
     python bench/bench_testbed.py                                   # 45 × 60 s over 9 flavours (≈ 47 min)
     python bench/bench_testbed.py --segments 9 --segment-seconds 20 # a short run (≈ 4 min)
 
-1. ``didact_core.testbed.record``: a node exporter and a Prometheus (1 s scrapes) on free
+1. ``didact_core.testbed.recorder.record``: a node exporter and a Prometheus (1 s scrapes) on free
    127.0.0.1 ports, the flavours back to back in seeded random rounds, the labels CSV;
 2. ``ingest_recording``: the stored TSDB served again, then ``raw_node_metrics`` →
    ``job_labels`` → ``ai_ready_metrics`` for the recorded day(s) — the asset functions;
 3. per flavour: labelled segments and AI-ready samples; the model-free baseline: per
    segment the mean CPU-mode fractions (and the spread of busy time across CPUs),
    classified by leave-one-segment-out nearest centroid (accuracy vs chance, confusion);
-4. the model evaluation: ``didact_core.testbed_eval.evaluate(settings, days, labels_csv)``
+4. the model evaluation: ``didact_core.testbed.evaluation.evaluate(settings, days, labels_csv)``
    if that module exists (the lead's; it receives this recording), else
    "model evaluation: not available yet".
 
@@ -43,8 +43,8 @@ import pandas as pd  # noqa: E402
 from didact_core import testbed  # noqa: E402
 from didact_core.config import Settings  # noqa: E402
 from didact_core.errors import DidactError  # noqa: E402
-from didact_core.labels import read_labels  # noqa: E402
-from didact_core.warehouse import Warehouse  # noqa: E402
+from didact_core.data.labels import read_labels  # noqa: E402
+from didact_core.data.warehouse import Warehouse  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -58,11 +58,11 @@ def cpu_model() -> str:
 
 
 def evaluate_recording(settings: Settings, days: list[dt.date], labels_csv: Path):
-    """The lead's model evaluation of a recording (``didact_core.testbed_eval.evaluate``,
+    """The lead's model evaluation of a recording (``didact_core.testbed.evaluation.evaluate``,
     on the ingested, labelled AI-ready days), or None while that module does not exist."""
-    if importlib.util.find_spec("didact_core.testbed_eval") is None:
+    if importlib.util.find_spec("didact_core.testbed.evaluation") is None:
         return None
-    from didact_core import testbed_eval
+    from didact_core.testbed import evaluation as testbed_eval
 
     kw = {}
     if "labels_csv" in inspect.signature(testbed_eval.evaluate).parameters:
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmodel evaluation: failed: {e}")
         return 1
     if model is None:
-        print("\nmodel evaluation: not available yet (didact_core.testbed_eval.evaluate)")
+        print("\nmodel evaluation: not available yet (didact_core.testbed.evaluation.evaluate)")
     else:
-        print(f"\nmodel evaluation (didact_core.testbed_eval.evaluate, {time.monotonic() - t2:.0f} s):")
+        print(f"\nmodel evaluation (didact_core.testbed.evaluation.evaluate, {time.monotonic() - t2:.0f} s):")
         if isinstance(model, dict):
             png = model.pop("plot_png", None)
             if png:

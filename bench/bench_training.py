@@ -11,7 +11,7 @@ In ONE run, on the same synthetic fractions-like data and the same default model
   (a) torch DataLoader over a pandas-backed Dataset (one ``df.iloc[i]`` per sample:
       the reference project's CPU-fed baseline), timed for ``--a-seconds`` only;
   (b) torch DataLoader over a TensorDataset, the textbook loop (Adam, zero_grad);
-  (c) ``didact_core.training.train`` itself (device-resident batches, fused AdamW),
+  (c) ``didact_core.learn.training.train`` itself (device-resident batches, fused AdamW),
       eager, and (c+) the same with ``compile="on"`` unless ``--no-compile``; with
       ``--bf16`` also a row under bfloat16 autocast (its "% limit" is against fp32).
 
@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from didact_core.models import ModelConfig, build_model, count_params  # noqa: E402
-from didact_core.training import evaluate_loss, train  # noqa: E402
+from didact_core.learn.models import ModelConfig, build_model, count_params  # noqa: E402
+from didact_core.learn.training import evaluate_loss, train  # noqa: E402
 
 
 def synthetic_fractions(n: int, n_features: int = 5, flavours: int = 10, seed: int = 0) -> np.ndarray:

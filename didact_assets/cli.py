@@ -45,8 +45,8 @@ def cmd_demo(args, settings: Settings) -> int:
 
     instance = ensure_instance(settings)
     from didact_assets.definitions import defs
-    from didact_core.pipeline import summary_row
-    from didact_core.warehouse import Warehouse
+    from didact_core.data.spine import summary_row
+    from didact_core.data.warehouse import Warehouse
 
     job = defs.resolve_job_def(args.job)
     days = last_days(args.days)
@@ -80,7 +80,7 @@ def cmd_demo(args, settings: Settings) -> int:
 def _print_model_summary(settings: Settings, days: list[str]) -> None:
     """The model path's per-day table, once the model assets exist."""
     try:
-        from didact_core.continual import model_summary_rows
+        from didact_core.learn.continual import model_summary_rows
     except ImportError:
         return
     rows = model_summary_rows(settings, days)
@@ -89,7 +89,7 @@ def _print_model_summary(settings: Settings, days: list[str]) -> None:
 
 
 def cmd_lineage(args, settings: Settings) -> int:
-    from didact_core.warehouse import Warehouse
+    from didact_core.data.warehouse import Warehouse
 
     wh = Warehouse(settings.home_path)
     df = wh.lineage(args.asset, args.partition)
@@ -112,8 +112,8 @@ def cmd_lineage(args, settings: Settings) -> int:
 
 def cmd_rollback(args, settings: Settings) -> int:
     if args.asset:
-        from didact_core.pipeline import parse_day
-        from didact_core.warehouse import Warehouse
+        from didact_core.data.spine import parse_day
+        from didact_core.data.warehouse import Warehouse
 
         if not args.partition or args.to is None:
             raise DidactError("didact rollback --asset", "needs --partition DAY and --to VERSION")
@@ -124,7 +124,7 @@ def cmd_rollback(args, settings: Settings) -> int:
         info = wh.rollback(args.asset, args.partition, to, actor=args.actor or "", reason=args.reason or "")
         console.print(f"{args.asset}/{args.partition}: head v{before.version} → v{info.version} ({info.data_version})")
         return 0
-    from didact_core.continual import rollback_champion
+    from didact_core.learn.continual import rollback_champion
 
     res = rollback_champion(settings, to_version=args.to, actor=args.actor or "", reason=args.reason or "")
     console.print(f"champion of {settings.model_name}: v{res['from']} → v{res['to']}")
@@ -132,7 +132,7 @@ def cmd_rollback(args, settings: Settings) -> int:
 
 
 def cmd_prune(args, settings: Settings) -> int:
-    from didact_core.warehouse import Warehouse
+    from didact_core.data.warehouse import Warehouse
 
     pruned = Warehouse(settings.home_path).prune(args.keep, asset=args.asset)
     console.print(f"pruned {len(pruned)} stored version(s)")
@@ -142,7 +142,7 @@ def cmd_prune(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    from didact_core.warehouse import Warehouse
+    from didact_core.data.warehouse import Warehouse
 
     wh = Warehouse(settings.home_path)
     df = wh.sql(
@@ -157,7 +157,7 @@ def cmd_status(args, settings: Settings) -> int:
     console.print(f"home: {settings.home_path}   source: {settings.source}")
     console.print(_table("partitions (heads)", df.astype(object).where(df.notna(), "").to_dict("records")))
     try:
-        from didact_core.continual import registry_status
+        from didact_core.learn.continual import registry_status
     except ImportError:
         return 0
     rows = registry_status(settings)
@@ -167,7 +167,7 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_review(args, settings: Settings) -> int:
-    from didact_core.review import ReviewQueue
+    from didact_core.data.review import ReviewQueue
 
     queue = ReviewQueue(settings)
     if args.action == "list":
@@ -210,7 +210,7 @@ def cmd_power(args, settings: Settings) -> int:
 
 def cmd_testbed(args, settings: Settings) -> int:
     if args.action == "evaluate":
-        from didact_core import testbed_eval
+        from didact_core.testbed import evaluation as testbed_eval
 
         days = args.days.split(",") if args.days else last_days(1)
         console.print(f"evaluating on {', '.join(days)} with features {', '.join(settings.features)}, window {settings.window}")
@@ -228,7 +228,7 @@ def cmd_testbed(args, settings: Settings) -> int:
             f"{r['n_params']} parameters; MLflow run {r.get('mlflow_run_id', '')}"
         )
         return 0
-    from didact_core import testbed
+    from didact_core.testbed import recorder as testbed
 
     if args.action == "record":
         rec = testbed.record(
@@ -254,7 +254,7 @@ def cmd_testbed(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from didact_core.serving import serve_from_args
+    from didact_core.serve.service import serve_from_args
 
     return serve_from_args(args, settings)
 
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="what is stored: partitions, versions, models")
     st.set_defaults(func=cmd_status)
 
-    from didact_core.serving import add_serve_arguments
+    from didact_core.serve.service import add_serve_arguments
 
     sv = sub.add_parser("serve", help="score every node live with the champion, export /metrics (127.0.0.1:9108)")
     add_serve_arguments(sv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from didact_core.config import Settings
-from didact_core.warehouse import Warehouse
+from didact_core.data.warehouse import Warehouse
 
 _ENV = Settings.from_env()
 

@@ -5,7 +5,7 @@
 * ``drift_sensor``: the live OOD rate reported by ``didact serve`` passed a threshold →
   retrain on the latest day.
 
-The decisions are plain functions in ``didact_core.triggers``.
+The decisions are plain functions in ``didact_core.learn.triggers``.
 """
 
 import datetime as dt
@@ -14,8 +14,8 @@ import os
 
 import dagster as dg
 
-from didact_core import triggers
-from didact_core.review import ReviewQueue
+from didact_core.learn import triggers
+from didact_core.data.review import ReviewQueue
 
 from .jobs import model_job, retrain_job
 from .resources import DidactResource

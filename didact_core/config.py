@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DidactError
+from didact_core.errors import DidactError
 
 SOURCES = ("simulator", "prometheus")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import DataQualityError
+from didact_core.errors import DataQualityError
 
 #: node exporter's CPU modes, in the column order of a raw sample
 CPU_MODES: tuple[str, ...] = ("idle", "iowait", "irq", "nice", "softirq", "steal", "system", "user")

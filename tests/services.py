@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from didact_core.testbed import free_port  # noqa: F401  (one helper for tests, bench and the recorder)
+from didact_core.testbed.recorder import free_port  # noqa: F401  (one helper for tests, bench and the recorder)
 
 INSTALL_HINT = (
     "run `sudo scripts/install_system_deps.sh` (Debian packages prometheus, prometheus-node-exporter)"

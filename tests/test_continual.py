@@ -18,10 +18,10 @@ from didact_assets.assets import models, telemetry
 from didact_assets.cli import main as didact_cli
 from didact_assets.ops import rollback_champion
 from didact_assets.resources import DidactResource
-from didact_core import continual
+from didact_core.learn import continual
 from didact_core.errors import DidactError, RegistryError
-from didact_core.registry import CHAMPION, ModelRegistry
-from didact_core.warehouse import Warehouse
+from didact_core.learn.registry import CHAMPION, ModelRegistry
+from didact_core.data.warehouse import Warehouse
 
 from .conftest import last_days
 

@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 import requests
 
-from didact_core.warehouse import Warehouse
+from didact_core.data.warehouse import Warehouse
 
 from .conftest import REPO, last_days
 from .services import free_port, wait_http_ok

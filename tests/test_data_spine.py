@@ -11,12 +11,12 @@ import pytest
 
 from didact_assets.assets import telemetry
 from didact_assets.resources import DidactResource
-from didact_core import pipeline
+from didact_core.data import spine as pipeline
 from didact_core.errors import DidactError
-from didact_core.preprocess import DEFAULT_FEATURES
-from didact_core.simulator import DataFaultRates, SimulatedCluster, expected_cleaning
-from didact_core.sources.base import RawBlock, TelemetrySource
-from didact_core.warehouse import Warehouse, content_hash
+from didact_core.data.preprocess import DEFAULT_FEATURES
+from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster, expected_cleaning
+from didact_core.ingest.base import RawBlock, TelemetrySource
+from didact_core.data.warehouse import Warehouse, content_hash
 
 from .conftest import last_days
 

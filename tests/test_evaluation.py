@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from didact_core.evaluation import (
+from didact_core.learn.evaluation import (
     knn_accuracy,
     pca_structure_agreement,
     per_label_error,

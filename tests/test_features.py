@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from didact_core import continual, pipeline
+from didact_core.learn import continual
+from didact_core.data import spine as pipeline
 from didact_core.errors import DidactError
-from didact_core.preprocess import check_features, feature_columns, node_features, preprocess
+from didact_core.data.preprocess import check_features, feature_columns, node_features, preprocess
 from didact_core.schema import CPU_MODES, NODE_FEATURES
-from didact_core.simulator import SimulatedCluster
-from didact_core.warehouse import Warehouse
+from didact_core.ingest.simulator import SimulatedCluster
+from didact_core.data.warehouse import Warehouse
 
 from .conftest import last_days
 
@@ -28,7 +29,7 @@ def test_node_level_rates_follow_the_job_flavour(settings):
     assert nf["disk_io_time_rate"].dropna().between(0, 1.01).all()
     # IO-bad-binned jobs keep the disk busier than MPI jobs do
     labels = block.labels
-    from didact_core.labels import join_labels
+    from didact_core.data.labels import join_labels
 
     lab = join_labels(nf, labels)["label"].astype(str)
     io_bad = nf.loc[lab == "io_bad", "disk_io_time_rate"].median()
@@ -76,7 +77,7 @@ def test_node_busy_features_describe_the_node_around_each_cpu(settings):
 
 
 def test_segments_are_runs_of_a_label_per_node_in_time_order():
-    from didact_core.testbed_eval import segment_ids
+    from didact_core.testbed.evaluation import segment_ids
 
     ts = pd.to_datetime([3, 1, 2, 4, 5, 1, 2], unit="s", utc=True)
     frame = pd.DataFrame({"node": ["a", "a", "a", "a", "a", "b", "b"], "ts": ts,
@@ -112,8 +113,8 @@ def test_rich_features_with_context_train_and_separate_flavours(settings):
 
 
 def test_testbed_evaluation_reports_separability_and_open_set(settings):
-    from didact_core import testbed_eval
-    from didact_core.registry import ModelRegistry
+    from didact_core.testbed import evaluation as testbed_eval
+    from didact_core.learn.registry import ModelRegistry
 
     s = settings.replace(nodes=6, features=("cpu", "node"), fault_rate=0.0)
     day = last_days(1)[0]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from didact_core.errors import DidactError
-from didact_core.labels import expand_hostlist, join_labels, labels_from_frame, read_labels_csv, read_sacct
+from didact_core.data.labels import expand_hostlist, join_labels, labels_from_frame, read_labels_csv, read_sacct
 from didact_core.schema import LABEL_COLUMNS
 
 GOOD_CSV = """\
@@ -107,7 +107,7 @@ def test_hostlist_expansion():
 
 
 def test_join_labels_equals_a_brute_force_join():
-    from didact_core.simulator import SimulatedCluster
+    from didact_core.ingest.simulator import SimulatedCluster
 
     sim = SimulatedCluster(nodes_count=3, cpus=2, interval_s=60.0, seed=5)
     block = sim.fetch_day(dt.date(2026, 1, 5))
@@ -148,7 +148,7 @@ def test_join_labels_end_is_exclusive_and_gaps_unlabelled():
 
 
 def test_read_labels_detects_the_format(tmp_path):
-    from didact_core.labels import read_labels
+    from didact_core.data.labels import read_labels
 
     (tmp_path / "jobs.txt").write_text(SACCT)
     (tmp_path / "jobs.csv").write_text(GOOD_CSV)

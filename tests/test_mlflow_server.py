@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from didact_core import continual, pipeline
-from didact_core.registry import CHAMPION, ModelRegistry
+from didact_core.learn import continual
+from didact_core.data import spine as pipeline
+from didact_core.learn.registry import CHAMPION, ModelRegistry
 
 from .conftest import last_days
 from .services import free_port, wait_http_ok

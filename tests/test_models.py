@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from didact_core.errors import DidactError, RegistryError
-from didact_core.evaluation import knn_accuracy, roc_auc
-from didact_core.models import ModelConfig, build_model, count_params
-from didact_core.models.detector import Detector
+from didact_core.learn.evaluation import knn_accuracy, roc_auc
+from didact_core.learn.models import ModelConfig, build_model, count_params
+from didact_core.learn.detector import Detector
 from didact_core.schema import CPU_FRACTIONS
 
 FAST = dict(batch_size=256, max_epochs=25, patience=4, lr=3e-3)
@@ -60,8 +60,8 @@ def test_default_autoencoder_has_about_40k_parameters():
 @pytest.mark.parametrize("n_features", [5, 17, 51, 120])
 def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features):
     from didact_core.config import Settings
-    from didact_core.continual import model_config
-    from didact_core.models import hidden_for
+    from didact_core.learn.continual import model_config
+    from didact_core.learn.models import hidden_for
 
     cfg = model_config(Settings(), n_features)
     n = count_params(build_model(cfg))
@@ -80,7 +80,7 @@ def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features
 
 
 def test_small_data_gets_enough_steps_per_epoch():
-    from didact_core.models import effective_batch_size
+    from didact_core.learn.models import effective_batch_size
 
     cfg = ModelConfig()  # batch 4096
     assert effective_batch_size(cfg, 1_000_000) == 4096

@@ -131,7 +131,7 @@ def test_rapl_not_available_without_powercap(tmp_path):
 
 def test_prometheus_rapl_counters_become_watts():
     """node exporter's node_rapl_*_joules_total → watts, wraps fixed only with a known range."""
-    from didact_core.sources.prometheus import PrometheusSource, Series
+    from didact_core.ingest.prometheus.source import PrometheusSource, Series
 
     src = PrometheusSource("http://127.0.0.1:9")  # never contacted
     ts = np.arange(0, 5000, 1000, dtype=np.int64)
@@ -334,8 +334,8 @@ def test_nvml_no_gpu_and_with_gpus():
 
 
 def test_power_profile_matches_simulator_power_model():
-    from didact_core.preprocess import preprocess
-    from didact_core.simulator import DataFaultRates, SimulatedCluster
+    from didact_core.data.preprocess import preprocess
+    from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster
 
     sim = SimulatedCluster(nodes_count=6, cpus=4, interval_s=15.0, seed=11, data_faults=DataFaultRates.none())
     block = sim.fetch_day(dt.date(2026, 3, 2))

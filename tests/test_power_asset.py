@@ -12,11 +12,11 @@ import pytest
 
 from didact_assets.assets import power, telemetry
 from didact_assets.resources import DidactResource
-from didact_core import pipeline
+from didact_core.data import spine as pipeline
 from didact_core.power.base import SamplingPowerReader
 from didact_core.power.spool import flush, read_spool, record
-from didact_core.simulator import SimulatedCluster
-from didact_core.warehouse import Warehouse
+from didact_core.ingest.simulator import SimulatedCluster
+from didact_core.data.warehouse import Warehouse
 
 from .conftest import last_days
 

@@ -8,9 +8,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from didact_core import pipeline
+from didact_core.data import spine as pipeline
 from didact_core.errors import SourceUnavailableError
-from didact_core.warehouse import Warehouse
+from didact_core.data.warehouse import Warehouse
 
 from .services import free_port, start_node_exporter, start_prometheus, wait_for_samples
 

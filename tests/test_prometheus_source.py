@@ -25,9 +25,9 @@ import pytest
 
 from didact_core.errors import DidactError, SourceUnavailableError
 from didact_core.schema import CPU_MODES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS
-from didact_core.sources import prometheus as prom_mod
-from didact_core.sources.openmetrics import format_timestamps, write_openmetrics, write_openmetrics_windows
-from didact_core.sources.prometheus import PrometheusSource
+from didact_core.ingest import prometheus as prom_mod
+from didact_core.ingest.openmetrics import format_timestamps, write_openmetrics, write_openmetrics_windows
+from didact_core.ingest.prometheus.source import PrometheusSource
 from tests.services import (
     free_port,
     promtool_backfill,
@@ -67,7 +67,7 @@ def checksum(df: pd.DataFrame, value_cols) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory):
-    from didact_core.simulator import SimulatedCluster
+    from didact_core.ingest.simulator import SimulatedCluster
 
     tmp = tmp_path_factory.mktemp("backfill")
     sim = SimulatedCluster(nodes_count=4, cpus=2, interval_s=15.0, seed=3)  # data faults left on
@@ -151,7 +151,7 @@ def test_a_day_without_data_is_a_clear_error(backfilled):
 
 @pytest.mark.slow
 def test_live_node_exporter_counters(tmp_path):
-    from didact_core.preprocess import preprocess
+    from didact_core.data.preprocess import preprocess
 
     with (
         start_node_exporter(tmp_path) as ne,
@@ -504,7 +504,7 @@ def test_openmetrics_timestamps_survive_promtools_truncation():
 
 
 def test_openmetrics_text(tmp_path):
-    from didact_core.sources.base import RawBlock
+    from didact_core.ingest.base import RawBlock
 
     cpu = pd.DataFrame(
         {

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from didact_assets.cli import main as didact_cli
-from didact_core import continual, pipeline
+from didact_core.learn import continual
+from didact_core.data import spine as pipeline
 from didact_core.errors import DidactError
-from didact_core.registry import ModelRegistry
-from didact_core.review import ACCEPTED_WEIGHT, ReviewQueue
+from didact_core.learn.registry import ModelRegistry
+from didact_core.data.review import ACCEPTED_WEIGHT, ReviewQueue
 
 from .conftest import last_days
 

@@ -12,8 +12,8 @@ from didact_assets.definitions import defs
 from didact_assets.resources import DidactResource
 from didact_assets.schedules import nightly_schedule
 from didact_assets.sensors import drift_sensor, new_raw_data_sensor
-from didact_core import triggers
-from didact_core.review import ReviewQueue
+from didact_core.learn import triggers
+from didact_core.data.review import ReviewQueue
 
 from .conftest import last_days
 

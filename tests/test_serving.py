@@ -24,18 +24,19 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from didact_core import continual, pipeline
+from didact_core.learn import continual
+from didact_core.data import spine as pipeline
 from didact_core.config import Settings
 from didact_core.errors import DidactError, SourceUnavailableError
-from didact_core.live import NODE_VALUES, LocalHostFeed, PrometheusLiveFeed, SimulatedLiveFeed
-from didact_core.models import ModelConfig
-from didact_core.models.detector import Detector
-from didact_core.preprocess import feature_columns, preprocess, split_feature_columns
-from didact_core.registry import CHAMPION, ModelRegistry
+from didact_core.ingest.live import NODE_VALUES, LocalHostFeed, PrometheusLiveFeed, SimulatedLiveFeed
+from didact_core.learn.models import ModelConfig
+from didact_core.learn.detector import Detector
+from didact_core.data.preprocess import feature_columns, preprocess, split_feature_columns
+from didact_core.learn.registry import CHAMPION, ModelRegistry
 from didact_core.schema import CPU_MODES, NODE_FEATURES, RAW_NODE_COLUMNS
-from didact_core.serving import LoadedModel, Scorer, ServingMetrics, ServingService, WindowBuffer
-from didact_core.simulator import DataFaultRates, SimulatedCluster
-from didact_core.warehouse import Warehouse
+from didact_core.serve.service import LoadedModel, Scorer, ServingMetrics, ServingService, WindowBuffer
+from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster
+from didact_core.data.warehouse import Warehouse
 
 from .conftest import REPO, yesterday
 from .services import free_port, require_binary, start_node_exporter, start_prometheus
@@ -162,13 +163,13 @@ def serve_env(s: Settings) -> dict:
 
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
-    """`python -m didact_core.serving` (1 s intervals, simulated time at 60×), a node
+    """`python -m didact_core.serve.service` (1 s intervals, simulated time at 60×), a node
     exporter, and a real Prometheus scraping both every second."""
     require_binary("prometheus")
     work = tmp_path_factory.mktemp("served")
     port = free_port()
     log_path = work / "serve.log"
-    argv = f"-m didact_core.serving --port {port} --interval 1 --reload 1 --speed 60 --log-level INFO".split()
+    argv = f"-m didact_core.serve.service --port {port} --interval 1 --reload 1 --speed 60 --log-level INFO".split()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=serve_env(trained), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -423,7 +424,7 @@ def test_prometheus_live_feed_reads_node_exporter(served, trained):
     )  # scrape time, not query time
 
     # node-level metrics of the same scrape, as the nightly ingest reads them
-    from didact_core.sources.prometheus import NODE_METRICS
+    from didact_core.ingest.prometheus.source import NODE_METRICS
 
     def poll_both():
         cpu = feed.poll(node_metrics=True)
@@ -493,7 +494,7 @@ def test_injected_fault_reaches_the_review_queue(trained):
     every interval, and each interval's event lands in the review queue.  (The
     simulator's own fault kinds are in the training days too, so the champion flags
     them only part of the time; a behaviour it never saw is flagged always.)"""
-    from didact_core.review import ReviewQueue
+    from didact_core.data.review import ReviewQueue
 
     t = [time.time()]
 
@@ -709,7 +710,7 @@ def test_no_champion_then_a_promotion_is_picked_up(settings, caplog):
     polling (never creating a registry itself), and serves the first champion as soon as
     it is promoted."""
     service = ServingService(settings, fast_feed(settings), interval_s=1, reload_s=0.01, review=False)
-    with caplog.at_level("WARNING", logger="didact_core.serving"):
+    with caplog.at_level("WARNING", logger="didact_core.serve.service"):
         assert service.run_once() is None
     assert "nothing trained in this home" in caplog.text
     m = metrics_of(service.metrics.text().decode())
@@ -908,7 +909,7 @@ def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
         interval_s=1, review=False,
     )  # fmt: skip
     blind.watcher.current, blind.watcher._next = model, math.inf
-    with caplog.at_level("WARNING", logger="didact_core.serving"):
+    with caplog.at_level("WARNING", logger="didact_core.serve.service"):
         scores = [blind.run_once() for _ in range(4)]
     assert all(len(sc.samples) == 0 and sc.report.missing_node_metrics == n for sc in scores[1:])
     assert caplog.text.count("gives no node-level metrics") == 1
@@ -969,12 +970,12 @@ def test_localhost_feed_reads_node_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_serve_a_rich_windowed_champion(rich):
-    """`python -m didact_core.serving` with a champion trained on cpu,node features and a
+    """`python -m didact_core.serve.service` with a champion trained on cpu,node features and a
     window of 3: every node is scored once its series have two intervals of history."""
     s = rich["settings"]
     port = free_port()
     # two polls per simulated scrape (60 s scrapes, 30 simulated seconds a poll): every scrape is seen
-    argv = f"-m didact_core.serving --port {port} --interval 1 --reload 60 --speed 30 --no-review".split()
+    argv = f"-m didact_core.serve.service --port {port} --interval 1 --reload 60 --speed 30 --no-review".split()
     log_path = Path(s.home) / "serve-rich.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=serve_env(s), stdout=log,

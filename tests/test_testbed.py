@@ -19,10 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from didact_core import testbed
+from didact_core.testbed import recorder as testbed
 from didact_core.errors import DidactError
-from didact_core.labels import read_labels
-from didact_core.warehouse import Warehouse
+from didact_core.data.labels import read_labels
+from didact_core.data.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def test_record_five_flavours_ingest_them_and_tell_them_apart(settings, tmp_path
     assert by.loc["ctx_switch", "system"] > 2 * by.loc["cpu_n", "system"] + 0.1
 
     # a model trained on the recording keeps the flavours apart in its 2-d latent
-    from didact_core import testbed_eval
+    from didact_core.testbed import evaluation as testbed_eval
 
     days = [d.isoformat() for d in rec.days]
     ev = testbed_eval.evaluate(settings, days, max_train=20_000, max_test=20_000, epochs=40, openset_epochs=15)
@@ -206,7 +206,7 @@ def test_a_missing_tool_is_named_and_the_other_flavours_record(settings, tmp_pat
 
 CHILD = r"""
 import json, sys
-from didact_core import testbed
+from didact_core.testbed import recorder as testbed
 from didact_core.config import Settings
 
 def progress(ev):

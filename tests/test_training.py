@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from didact_core.batching import ResidentBatches
-from didact_core.models import ModelConfig, build_model, effective_batch_size
-from didact_core.models.detector import Detector
-from didact_core.training import TrainingDivergedError, evaluate_loss, train
+from didact_core.learn.batching import ResidentBatches
+from didact_core.learn.models import ModelConfig, build_model, effective_batch_size
+from didact_core.learn.detector import Detector
+from didact_core.learn.training import TrainingDivergedError, evaluate_loss, train
 
 
 # small batches gain nothing from threads, and lose a lot when the CPUs are shared

@@ -7,8 +7,8 @@ import datetime as dt
 import dagster as dg
 
 from didact_core.config import Settings
-from didact_core.pipeline import check_partition
-from didact_core.warehouse import VersionInfo
+from didact_core.data.spine import check_partition
+from didact_core.data.warehouse import VersionInfo
 
 
 def day_of(context: dg.AssetExecutionContext, settings: Settings) -> dt.date:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from didact_core import continual
+from didact_core.learn import continual
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from didact_core import review
+from didact_core.data import review
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource

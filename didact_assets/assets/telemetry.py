@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from didact_core import pipeline
+from didact_core.data import spine as pipeline
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource

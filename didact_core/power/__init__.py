@@ -5,10 +5,10 @@ Every reader is a :class:`PowerReader`: ``available() -> (ok, reason)`` and
 ``sample()`` the current watts and can be polled with :func:`poll` / :class:`Poller`.
 """
 
-from .base import Poller, PowerReader, SamplingPowerReader, counter_to_watts, empty_power, poll, power_frame
-from .nvml import NvmlReader
-from .rapl import RaplReader
-from .redfish import RedfishReader
+from didact_core.power.base import Poller, PowerReader, SamplingPowerReader, counter_to_watts, empty_power, poll, power_frame
+from didact_core.power.nvml import NvmlReader
+from didact_core.power.rapl import RaplReader
+from didact_core.power.redfish import RedfishReader
 
 __all__ = [
     "NvmlReader",
@@ -30,11 +30,11 @@ __all__ = [
 
 def __getattr__(name):  # lazy: prometheus_power and profiles import heavier modules
     if name == "PrometheusPowerReader":
-        from .prometheus_power import PrometheusPowerReader
+        from didact_core.power.prometheus_power import PrometheusPowerReader
 
         return PrometheusPowerReader
     if name in ("PowerProfiles", "power_profiles", "profile_plot"):
-        from . import profiles
+        from didact_core.power import profiles
 
         return getattr(profiles, name)
     raise AttributeError(name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..schema import RAW_POWER_COLUMNS, TS_DTYPE
+from didact_core.schema import RAW_POWER_COLUMNS, TS_DTYPE
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import time
 
 import pandas as pd
 
-from ..errors import SourceUnavailableError
-from ..schema import TS_DTYPE
-from .base import SamplingPowerReader
+from didact_core.errors import SourceUnavailableError
+from didact_core.schema import TS_DTYPE
+from didact_core.power.base import SamplingPowerReader
 
 log = logging.getLogger(__name__)
 

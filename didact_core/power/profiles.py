@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import DataQualityError
-from ..schema import TS_DTYPE
+from didact_core.errors import DataQualityError
+from didact_core.schema import TS_DTYPE
 
 log = logging.getLogger(__name__)
 

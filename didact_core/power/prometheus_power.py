@@ -2,8 +2,8 @@
 
 ``rapl``: Σ d/dt of ``node_rapl_{package,dram}_joules_total``; ``hwmon``: Σ of
 ``node_hwmon_power_*watt`` sensors; ``didact_power_watts{source}`` as written by
-:mod:`didact_core.sources.openmetrics`.  The conversions live in
-:meth:`didact_core.sources.prometheus.PrometheusSource.power_frame`.
+:mod:`didact_core.ingest.openmetrics`.  The conversions live in
+:meth:`didact_core.ingest.prometheus.source.PrometheusSource.power_frame`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from ..errors import SourceUnavailableError
-from .base import PowerReader, empty_power
+from didact_core.errors import SourceUnavailableError
+from didact_core.power.base import PowerReader, empty_power
 
 
 class PrometheusPowerReader(PowerReader):
@@ -23,7 +23,7 @@ class PrometheusPowerReader(PowerReader):
     source = "prometheus"
 
     def __init__(self, source=None, nodes: Sequence[str] | None = None, **source_kwargs):
-        from ..sources.prometheus import PrometheusSource  # late: sources.prometheus imports power.base
+        from didact_core.ingest.prometheus.source import PrometheusSource  # late: sources.prometheus imports power.base
 
         self.prom = source if source is not None else PrometheusSource(**source_kwargs)
         self.nodes = list(nodes) if nodes else None
@@ -32,12 +32,12 @@ class PrometheusPowerReader(PowerReader):
     def from_env(
         cls, environ=None, settings=None, nodes: Sequence[str] | None = None
     ) -> PrometheusPowerReader:
-        from ..sources.prometheus import PrometheusSource
+        from didact_core.ingest.prometheus.source import PrometheusSource
 
         return cls(PrometheusSource.from_env(environ, settings), nodes=nodes)
 
     def available(self) -> tuple[bool, str]:
-        from ..sources.prometheus import DIDACT_POWER_METRIC, HWMON_METRIC_RE, RAPL_METRIC_RE
+        from didact_core.ingest.prometheus.source import DIDACT_POWER_METRIC, HWMON_METRIC_RE, RAPL_METRIC_RE
 
         sel = f'{{__name__=~"{RAPL_METRIC_RE}|{HWMON_METRIC_RE}|{DIDACT_POWER_METRIC}"}}'
         try:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SourceUnavailableError
-from .base import DEFAULT_MAX_WATTS, SamplingPowerReader, counter_to_watts
+from didact_core.errors import SourceUnavailableError
+from didact_core.power.base import DEFAULT_MAX_WATTS, SamplingPowerReader, counter_to_watts
 
 log = logging.getLogger(__name__)
 

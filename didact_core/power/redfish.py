@@ -25,8 +25,8 @@ from pathlib import Path
 
 import requests
 
-from ..errors import DidactError, SourceUnavailableError
-from .base import SamplingPowerReader
+from didact_core.errors import DidactError, SourceUnavailableError
+from didact_core.power.base import SamplingPowerReader
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DidactError
-from .base import SamplingPowerReader, empty_power, poll
+from didact_core.errors import DidactError
+from didact_core.power.base import SamplingPowerReader, empty_power, poll
 
 log = logging.getLogger(__name__)
 

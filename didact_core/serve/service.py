@@ -1,14 +1,14 @@
 """Serving: score every node with the champion in near real time and export to Prometheus.
 
     serve(settings, host="127.0.0.1", port=9108, interval_s=15, reload_s=30)   # until SIGTERM/SIGINT
-    python -m didact_core.serving --port 9108 --interval 15 --reload 30 [--feed simulator|prometheus|…]
+    python -m didact_core.serve.service --port 9108 --interval 15 --reload 30 [--feed simulator|prometheus|…]
 
 Every ``interval_s`` the :class:`ServingService`
 
-1. polls the live feed (:mod:`didact_core.live`) for the latest counters of every
+1. polls the live feed (:mod:`didact_core.ingest.live`) for the latest counters of every
    (node, cpu) — and, when the champion uses node-level features, the node-level
    metrics of the same scrapes — and pairs them with the previous poll;
-2. turns each pair into the interval's features with :func:`~didact_core.preprocess.preprocess`
+2. turns each pair into the interval's features with :func:`~didact_core.data.preprocess.preprocess`
    (the training code: counter resets, NaN, skew … are handled and counted, exported as
    ``didact_cleaning_events_total{kind}``; node-level rates joined by node and scrape
    time); for a champion with temporal context (window T > 1) the lag columns come from
@@ -30,7 +30,7 @@ is 0, a warning is logged and the check is retried with exponential backoff.  Wi
 champion, serving says so and keeps polling (``didact_champion_version`` 0).
 
 What the champion needs is read from its ``feature_names``
-(:func:`~didact_core.preprocess.split_feature_columns`: base features and window), so any
+(:func:`~didact_core.data.preprocess.split_feature_columns`: base features and window), so any
 model the nightly training produces (``DIDACT_FEATURES``, ``DIDACT_WINDOW``) is served with
 the same features and transform it was trained on.  A windowed model's lags are the
 series' previous *scrapes*: poll more often than the source scrapes (e.g. ``--interval 7.5``
@@ -87,13 +87,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DidactError, RegistryError, SourceUnavailableError
-from .live import FEEDS, LiveFeed, make_feed
-from .preprocess import CleaningReport, preprocess, split_feature_columns
-from .schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, TS_DTYPE, validate_raw_cpu
+from didact_core.config import Settings
+from didact_core.errors import DidactError, RegistryError, SourceUnavailableError
+from didact_core.ingest.live import FEEDS, LiveFeed, make_feed
+from didact_core.data.preprocess import CleaningReport, preprocess, split_feature_columns
+from didact_core.schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, TS_DTYPE, validate_raw_cpu
 
-log = logging.getLogger("didact_core.serving")  # the same name when run as __main__
+log = logging.getLogger("didact_core.serve.service")  # the same name when run as __main__
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9108
@@ -457,7 +457,7 @@ _NO_TS = -(2**62)
 
 class WindowBuffer:
     """Per (node, cpu) series, the features of its last T − 1 AI-ready samples, for the
-    lag columns ``f_lag1 … f_lag{T-1}`` exactly as :func:`~didact_core.preprocess.add_windows`
+    lag columns ``f_lag1 … f_lag{T-1}`` exactly as :func:`~didact_core.data.preprocess.add_windows`
     builds them for consecutive scrapes: lag k is the series' k-th previous sample, usable
     when it is at most 1.5 × k scrape intervals older; a sample without a full usable
     history is dropped and counted (and still enters the history, as in training).
@@ -948,7 +948,7 @@ class ModelWatcher:
         return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
     def _registry(self):
-        from .registry import ModelRegistry
+        from didact_core.learn.registry import ModelRegistry
 
         path = self._sqlite_path()
         if path is not None:
@@ -978,7 +978,7 @@ class ModelWatcher:
         """Look at the champion alias once; load and switch when it moved."""
         from mlflow.exceptions import MlflowException
 
-        from .registry import CHAMPION
+        from didact_core.learn.registry import CHAMPION
 
         try:
             reg = self._registry()
@@ -1166,7 +1166,7 @@ def _centroids(reg, version: int) -> dict:
 
 
 class ReviewSink:
-    """Sends each interval's OOD events and totals to :class:`didact_core.review.ReviewQueue`
+    """Sends each interval's OOD events and totals to :class:`didact_core.data.review.ReviewQueue`
     in one batch; what fails is kept (bounded) and retried with the next interval."""
 
     def __init__(self, settings: Settings, max_pending: int = 10_000):
@@ -1198,7 +1198,7 @@ class ReviewSink:
             return 0
         try:
             if self._queue is None:
-                from .review import ReviewQueue
+                from didact_core.data.review import ReviewQueue
 
                 self._queue = ReviewQueue(self.settings)
             batch = pd.concat(self._events, ignore_index=True) if self._events else None
@@ -1459,7 +1459,7 @@ def serve(
 ) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set, or ``max_intervals``); returns 0.
 
-    ``feed``: a :class:`~didact_core.live.LiveFeed`, or its name (``simulator``,
+    ``feed``: a :class:`~didact_core.ingest.live.LiveFeed`, or its name (``simulator``,
     ``prometheus``, ``localhost``); default: the settings' source.  Signal handlers are
     installed only when called from the main thread.
     """
@@ -1505,7 +1505,7 @@ def serve(
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``serve`` (for ``python -m didact_core.serving`` and ``didact serve``)."""
+    """The options of ``serve`` (for ``python -m didact_core.serve.service`` and ``didact serve``)."""
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="metrics port (default %(default)s; 0: any free)"
@@ -1616,7 +1616,7 @@ def serve_from_args(args: argparse.Namespace, settings: Settings | None = None) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m didact_core.serving",
+        prog="python -m didact_core.serve.service",
         description="Score every node with the registry's champion and export the results on /metrics. "
         "Settings (DIDACT_HOME, DIDACT_NODES, …) come from the environment.",
     )

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DataQualityError
+from didact_core.config import Settings
+from didact_core.errors import DataQualityError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ UNLABELLED = ("unknown", "", "nan", "None", "<NA>")
 
 def labelled_frame(settings: Settings, days: list[str], split: str, n_max: int) -> pd.DataFrame:
     """Labelled AI-ready samples of ``days`` (one split), at most ``n_max`` in all."""
-    from .continual import load_split
-    from .warehouse import Warehouse
+    from didact_core.learn.continual import load_split
+    from didact_core.data.warehouse import Warehouse
 
     wh = Warehouse(settings.home_path)
     per_day = max(1, n_max // max(1, len(days)))
@@ -104,9 +104,9 @@ def separability(detector, frame: pd.DataFrame, features: list[str], seed: int =
 
 def openset(settings: Settings, train: pd.DataFrame, test: pd.DataFrame, features: list[str], epochs: int = 5) -> dict:
     """Leave-one-flavour-out ROC-AUC of the reconstruction error (see module doc)."""
-    from .continual import model_config
-    from .evaluation import roc_auc
-    from .models.detector import Detector
+    from didact_core.learn.continual import model_config
+    from didact_core.learn.evaluation import roc_auc
+    from didact_core.learn.detector import Detector
 
     cfg = model_config(settings, len(features)).replace(max_epochs=epochs)
     per: dict[str, float | None] = {}
@@ -129,9 +129,9 @@ def evaluate(
     log_to_mlflow: bool = True,
 ) -> dict:
     """Train a detector on the labelled days, then separability and open-set detection."""
-    from .continual import _log_png, model_config, model_features
-    from .evaluation import plot_latent
-    from .models.detector import Detector
+    from didact_core.learn.continual import _log_png, model_config, model_features
+    from didact_core.learn.evaluation import plot_latent
+    from didact_core.learn.detector import Detector
 
     t0 = time.perf_counter()
     features = list(model_features(settings))
@@ -159,7 +159,7 @@ def evaluate(
     if log_to_mlflow:
         import mlflow
 
-        from .registry import ModelRegistry
+        from didact_core.learn.registry import ModelRegistry
 
         reg = ModelRegistry(settings)
         with reg.run(f"testbed evaluation {','.join(days)}", tags={"didact.kind": "testbed_eval"}) as run:

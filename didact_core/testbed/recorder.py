@@ -49,7 +49,7 @@ Recording
    stop when the recording ends.  With ``prometheus_url`` (a Prometheus that already
    scrapes this node) the node's name is the ``instance`` (or
    ``DIDACT_PROMETHEUS_NODE_LABEL``) value of the target that scrapes this host, mapped
-   the way :class:`~didact_core.sources.prometheus.PrometheusSource` maps it (port
+   the way :class:`~didact_core.ingest.prometheus.source.PrometheusSource` maps it (port
    stripped), unless ``node_name`` is given.
 2. Segments of ``segment_seconds`` run back to back; the order is random (seeded) in
    rounds, each round one segment of every flavour, so every flavour runs equally often.
@@ -108,8 +108,8 @@ import numpy as np
 import pandas as pd
 import requests
 
-from .config import Settings, ensure_home
-from .errors import DidactError, SourceUnavailableError
+from didact_core.config import Settings, ensure_home
+from didact_core.errors import DidactError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -646,7 +646,7 @@ def serve_recording(settings: Settings, port: int | None = None) -> Iterator[str
 
 
 def _source(settings: Settings, url: str):
-    from .sources.prometheus import PrometheusSource
+    from didact_core.ingest.prometheus.source import PrometheusSource
 
     return PrometheusSource.from_env(settings=settings.replace(prometheus_url=url), retries=1, timeout_s=15.0)
 
@@ -707,7 +707,7 @@ def discover_node(settings: Settings, url: str) -> tuple[str, float]:
 def _recent_points(settings: Settings, url: str, node: str, window_s: int = 60) -> tuple[int, list[str]]:
     """Most node_cpu_seconds_total points in the last ``window_s`` of any CPU series that
     maps to ``node``, and the raw label values seen."""
-    from .sources.prometheus import _promql_str, regex_union
+    from didact_core.ingest.prometheus.source import _promql_str, regex_union
 
     src = _source(settings, url)
     try:
@@ -760,7 +760,7 @@ class LabelsWriter:
     HEADER = "node,start,end,label"
 
     def __init__(self, path: Path):
-        from .labels import read_labels
+        from didact_core.data.labels import read_labels
 
         self.path = Path(path)
         self.kept: list[tuple] = []
@@ -1222,7 +1222,7 @@ def _finish_segment(seg: Segment, fl: Flavour, proc, argv: list[str], log_path: 
 
 def labels_days(labels_csv: str | Path, node: str | None = None) -> list[dt.date]:
     """The UTC days the labels of a CSV touch (optionally one node's)."""
-    from .labels import read_labels
+    from didact_core.data.labels import read_labels
 
     lab = read_labels(labels_csv)
     if node is not None:
@@ -1246,7 +1246,7 @@ def ingest_recording(
 
     ``prometheus_url`` None serves the recorder's stored TSDB for the duration.  ``days``
     default: the days the CSV's labels touch.  Returns one summary dict per day."""
-    from . import pipeline
+    from didact_core.data import spine as pipeline
 
     labels_csv = Path(labels_csv) if labels_csv else testbed_dir(settings) / "labels.csv"
     if not labels_csv.exists():
@@ -1282,7 +1282,7 @@ def segment_features(samples: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFram
     ``busy_spread``: the mean over timestamps of max − min busy fraction across CPUs
     (one busy thread vs all busy).  ``samples`` are AI-ready samples (``ts``, ``node``,
     ``cpu``, ``dt_s``, fractions); ``labels`` a labels frame."""
-    from .labels import attach_intervals
+    from didact_core.data.labels import attach_intervals
 
     cols = [c for c in FRACTIONS if c in samples.columns]
     lab = labels.reset_index(drop=True).copy()
@@ -1348,8 +1348,8 @@ def nearest_centroid_loo(features: pd.DataFrame, columns: Sequence[str] | None =
 
 def recorded_segment_features(settings: Settings, day: dt.date, labels_csv: str | Path) -> pd.DataFrame:
     """:func:`segment_features` of a stored ``ai_ready_metrics`` day and the CSV's labels."""
-    from .labels import read_labels
-    from .warehouse import Warehouse
+    from didact_core.data.labels import read_labels
+    from didact_core.data.warehouse import Warehouse
 
     wh = Warehouse(settings.home_path)
     samples = wh.read("ai_ready_metrics", day.isoformat(), "samples")

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DataQualityError, DidactError
-from .preprocess import CleaningReport, check_features, feature_columns, preprocess
-from .labels import attach_intervals
-from .schema import NODE_FEATURES, validate_raw_cpu
-from .sources.base import TelemetrySource
-from .versioning import code_version
-from .warehouse import VersionInfo, Warehouse, read_part, write_part
+from didact_core.config import Settings
+from didact_core.errors import DataQualityError, DidactError
+from didact_core.data.preprocess import CleaningReport, check_features, feature_columns, preprocess
+from didact_core.data.labels import attach_intervals
+from didact_core.schema import NODE_FEATURES, validate_raw_cpu
+from didact_core.ingest.base import TelemetrySource
+from didact_core.versioning import code_version
+from didact_core.data.warehouse import VersionInfo, Warehouse, read_part, write_part
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ AI_READY = "ai_ready_metrics"
 LABELS = "job_labels"
 
 #: code versions of the data-spine assets
-RAW_CODE_VERSION = code_version("simulator", "sources", "schema", "warehouse", "pipeline")
-AI_READY_CODE_VERSION = code_version("preprocess", "schema", "warehouse", "pipeline")
-LABELS_CODE_VERSION = code_version("labels", "warehouse", "pipeline")
+RAW_CODE_VERSION = code_version("ingest", "schema", "data/warehouse", "data/spine")
+AI_READY_CODE_VERSION = code_version("data/preprocess", "schema", "data/warehouse", "data/spine")
+LABELS_CODE_VERSION = code_version("data/labels", "data/warehouse", "data/spine")
 
 
 def parse_day(partition: str) -> dt.date:
@@ -62,11 +62,11 @@ def check_partition(settings: Settings, partition: str, today: dt.date | None = 
 def make_source(settings: Settings) -> TelemetrySource:
     """The configured telemetry source."""
     if settings.source == "simulator":
-        from .simulator import SimulatedCluster
+        from didact_core.ingest.simulator import SimulatedCluster
 
         return SimulatedCluster.from_settings(settings)
     if settings.source == "prometheus":
-        from .sources.prometheus import PrometheusSource
+        from didact_core.ingest.prometheus.source import PrometheusSource
 
         return PrometheusSource.from_env(settings=settings)
     raise DidactError(f"source {settings.source!r}", "is not a known telemetry source", "use simulator or prometheus")
@@ -310,7 +310,7 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
     start, end = pd.Timestamp(day, tz="UTC"), pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
     faults = None
     if settings.labels_csv:
-        from . import labels as labels_io
+        from didact_core.data import labels as labels_io
 
         nodes = raw.metadata.get("node_list", [])
         labels = labels_io.read_labels(settings.labels_csv, known_nodes=nodes)
@@ -350,7 +350,7 @@ def _intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
 
 
 POWER = "power_profiles"
-POWER_CODE_VERSION = code_version("power", "pipeline", "warehouse")
+POWER_CODE_VERSION = code_version("power", "data/spine", "data/warehouse")
 
 
 @dataclass
@@ -365,8 +365,8 @@ def build_power_profiles(settings: Settings, day: dt.date, run_id: str | None = 
     """Power profiles of a day from the raw partition's power table and the spooled
     samples of the sampling readers, with utilisation from the AI-ready samples and the
     day's job labels.  Tables and the plot go into ``power_profiles/<day>``."""
-    from .power.profiles import power_profiles
-    from .power.spool import read_spool
+    from didact_core.power.profiles import power_profiles
+    from didact_core.power.spool import read_spool
 
     wh = Warehouse(settings.home_path, settings.retention_versions)
     partition = day.isoformat()

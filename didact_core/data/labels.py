@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DidactError
-from .schema import LABEL_COLUMNS, TS_DTYPE
+from didact_core.errors import DidactError
+from didact_core.schema import LABEL_COLUMNS, TS_DTYPE
 
 #: Slurm words meaning "no time yet"
 SLURM_NO_TIME = {"unknown", "none", "", "n/a"}

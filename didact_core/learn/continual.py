@@ -30,22 +30,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DataQualityError, DidactError
-from .pipeline import AI_READY
-from .preprocess import check_features, feature_columns
-from .schema import NODE_FEATURES
-from .registry import CHAMPION, PREVIOUS, ModelRegistry, ModelVersionInfo
-from .review import ReviewQueue, accepted_samples, rejected_mask
-from .versioning import code_version
-from .warehouse import Warehouse, read_part
+from didact_core.config import Settings
+from didact_core.errors import DataQualityError, DidactError
+from didact_core.data.spine import AI_READY
+from didact_core.data.preprocess import check_features, feature_columns
+from didact_core.schema import NODE_FEATURES
+from didact_core.learn.registry import CHAMPION, PREVIOUS, ModelRegistry, ModelVersionInfo
+from didact_core.data.review import ReviewQueue, accepted_samples, rejected_mask
+from didact_core.versioning import code_version
+from didact_core.data.warehouse import Warehouse, read_part
 
 log = logging.getLogger(__name__)
 
 MODEL_ASSET = "champion_model"
 EVAL_ASSET = "model_evaluation"
-TRAIN_CODE_VERSION = code_version("continual", "models", "training", "batching", "features", "registry")
-EVAL_CODE_VERSION = code_version("continual", "evaluation", "registry")
+TRAIN_CODE_VERSION = code_version("learn/continual", "learn/models", "learn/detector", "learn/training", "learn/batching", "data/features", "learn/registry")
+EVAL_CODE_VERSION = code_version("learn/continual", "learn/evaluation", "learn/registry")
 
 #: rows evaluated per set (a seeded sample; metrics are cheap and reproducible)
 EVAL_SAMPLES = 20_000
@@ -178,9 +178,9 @@ def model_features(settings: Settings) -> tuple[str, ...]:
 
 
 def model_config(settings: Settings, n_features: int):
-    from .models import ModelConfig
+    from didact_core.learn.models import ModelConfig
 
-    from .models import hidden_for
+    from didact_core.learn.models import hidden_for
 
     node_level = any(f in NODE_FEATURES for f in check_features(settings.features))
     hidden = tuple(int(h) for h in settings.model_hidden) or hidden_for(n_features, family=settings.model_family)
@@ -211,8 +211,8 @@ def train_day(
     """
     import mlflow
 
-    from .evaluation import plot_error_hist, plot_latent, plot_losses
-    from .models.detector import Detector
+    from didact_core.learn.evaluation import plot_error_hist, plot_latent, plot_losses
+    from didact_core.learn.detector import Detector
 
     logger = logger or log
     t0 = time.perf_counter()
@@ -348,7 +348,7 @@ def _copy(detector):
     """An independent copy of a fitted detector (save + load through a temp folder)."""
     import tempfile
 
-    from .models.detector import Detector
+    from didact_core.learn.detector import Detector
 
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(tmp)
@@ -397,8 +397,8 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
     (forgetting); logged as an MLflow run."""
     import mlflow
 
-    from .evaluation import pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
-    from .testbed_eval import openset, separability
+    from didact_core.learn.evaluation import pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
+    from didact_core.testbed.evaluation import openset, separability
 
     wh = Warehouse(settings.home_path, settings.retention_versions)
     features = list(model_features(settings))

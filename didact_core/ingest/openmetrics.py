@@ -9,7 +9,7 @@ The output holds two metric families::
     didact_power_watts{instance="node-001",source="simulator"} 181.25 1767225600
     # EOF
 
-so a Prometheus filled from it looks to :class:`~didact_core.sources.prometheus.PrometheusSource`
+so a Prometheus filled from it looks to :class:`~didact_core.ingest.prometheus.source.PrometheusSource`
 like one scraped from node exporters (the node name is the ``instance`` label, or
 ``node_label``).  Each series is written contiguously in timestamp order, as the format
 requires: rows are sorted by (node, cpu, ts) and a repeated timestamp keeps its first
@@ -34,9 +34,9 @@ from typing import TextIO
 import numpy as np
 import pandas as pd
 
-from ..errors import DataQualityError
-from ..schema import CPU_MODES
-from .base import RawBlock
+from didact_core.errors import DataQualityError
+from didact_core.schema import CPU_MODES
+from didact_core.ingest.base import RawBlock
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import ModelConfig
-from .autoencoder import mlp
+from didact_core.learn.models import ModelConfig
+from didact_core.learn.models.autoencoder import mlp
 
 
 class VAE(nn.Module):

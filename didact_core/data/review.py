@@ -24,9 +24,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DidactError
-from .warehouse import Warehouse
+from didact_core.config import Settings
+from didact_core.errors import DidactError
+from didact_core.data.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class ReviewQueue:
             return None
         if v not in self._centroids:
             try:
-                from .registry import ModelRegistry
+                from didact_core.learn.registry import ModelRegistry
 
                 tag = ModelRegistry(self.settings).version(v).tags.get("centroids", "{}")
                 self._centroids[v] = json.loads(tag)

@@ -48,7 +48,7 @@ When present, per node and scrape: ``rapl`` = Σ d(joules)/dt of the
 and gives no watts for that interval, unless ``rapl_max_energy_j`` gives the wrap
 range); ``hwmon`` = Σ over hwmon power sensors of ``node_hwmon_power_*watt`` (one
 element per sensor: average, else input, else plain); ``didact_power_watts{source}``
-(what :mod:`didact_core.sources.openmetrics` writes) keeps its ``source`` label.
+(what :mod:`didact_core.ingest.openmetrics` writes) keeps its ``source`` label.
 
 Errors are :class:`SourceUnavailableError` naming the URL, the problem and the fix:
 unreachable, timed out, HTTP status (with Prometheus' own error text), auth refused,
@@ -77,9 +77,9 @@ import numpy as np
 import pandas as pd
 import requests
 
-from ..errors import DataQualityError, DidactError, SourceUnavailableError
-from ..schema import CPU_MODES, NODE_COUNTERS, NODE_GAUGES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS, TS_DTYPE, empty_raw_cpu
-from .base import RawBlock, TelemetrySource, day_bounds
+from didact_core.errors import DataQualityError, DidactError, SourceUnavailableError
+from didact_core.schema import CPU_MODES, NODE_COUNTERS, NODE_GAUGES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS, TS_DTYPE, empty_raw_cpu
+from didact_core.ingest.base import RawBlock, TelemetrySource, day_bounds
 
 log = logging.getLogger(__name__)
 
@@ -1443,7 +1443,7 @@ class PrometheusSource(TelemetrySource):
         self, series: list[Series], start_ms: int, end_ms: int
     ) -> tuple[pd.DataFrame | None, dict]:
         """Power series (RAPL counters, hwmon/didact gauges) → ``RAW_POWER_COLUMNS`` rows in [start, end]."""
-        from ..power.base import counter_to_watts
+        from didact_core.power.base import counter_to_watts
 
         rows_ts, rows_node, rows_src, rows_w = [], [], [], []
         info = {"power_series": 0, "rapl_wraps": 0, "rapl_resets": 0}

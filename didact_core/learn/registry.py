@@ -33,8 +33,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
-from .errors import RegistryError
+from didact_core.config import Settings
+from didact_core.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ModelRegistry:
         """The detector of a registered version (config.json + weights, never a pickle)."""
         import mlflow
 
-        from .models.detector import Detector
+        from didact_core.learn.detector import Detector
 
         info = self.version(version)
         tmp = tempfile.mkdtemp(prefix="didact-load-")

@@ -1,6 +1,6 @@
 """Live feeds: the latest CPU counters of every node, one scrape at a time.
 
-Serving (:mod:`didact_core.serving`) polls a :class:`LiveFeed` every interval and turns
+Serving (:mod:`didact_core.serve.service`) polls a :class:`LiveFeed` every interval and turns
 two consecutive polls into AI-ready features with the same :func:`preprocess` as
 training.  One interface::
 
@@ -24,7 +24,7 @@ consecutive polls of them as it does the CPU counters.
 Three feeds:
 
 * :class:`SimulatedLiveFeed` (the default) — the simulated cluster's counters at the
-  current wall-clock time.  It reuses :class:`~didact_core.simulator.SimulatedCluster`'s
+  current wall-clock time.  It reuses :class:`~didact_core.ingest.simulator.SimulatedCluster`'s
   deterministic day generation (so the live counters are exactly the ones a nightly run
   saves for that day), cached per node and day in windows of about an hour.  ``speed``
   runs simulated time faster than the wall clock (demos, tests); ``faults`` injects a
@@ -33,10 +33,10 @@ Three feeds:
   preprocessing counts as a counter reset: one unusable interval per node and day.
 * :class:`PrometheusLiveFeed` — instant queries of ``node_cpu_seconds_total`` (value and
   ``timestamp()``) on the configured Prometheus, through
-  :class:`~didact_core.sources.prometheus.PrometheusSource`'s HTTP client (auth, TLS,
+  :class:`~didact_core.ingest.prometheus.source.PrometheusSource`'s HTTP client (auth, TLS,
   retries); the node is the ``DIDACT_PROMETHEUS_NODE_LABEL`` label.  Node-level
   metrics: two more instant queries of node exporter's metrics in
-  :data:`~didact_core.sources.prometheus.NODE_METRICS` (the names the nightly ingest
+  :data:`~didact_core.ingest.prometheus.source.NODE_METRICS` (the names the nightly ingest
   reads, summed over devices the same way, virtual network devices excluded).
 * :class:`LocalHostFeed` — this machine's ``/proc/stat`` as one node (real counters,
   USER_HZ ticks → seconds, the same numbers node exporter reports); node-level metrics
@@ -63,9 +63,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .errors import DidactError, SourceUnavailableError
-from .schema import CPU_MODES, NODE_COUNTERS, NODE_GAUGES
+from didact_core.config import Settings
+from didact_core.errors import DidactError, SourceUnavailableError
+from didact_core.schema import CPU_MODES, NODE_COUNTERS, NODE_GAUGES
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,14 @@ class SimulatedLiveFeed(LiveFeed):
 
     ``speed`` > 1 runs simulated time faster (``speed=60``: a simulated minute per
     second), starting at ``start`` (epoch seconds; default: now).  ``faults`` maps node
-    names to a fault kind of :data:`didact_core.simulator.FAULTS` (or a ``{mode:
+    names to a fault kind of :data:`didact_core.ingest.simulator.FAULTS` (or a ``{mode:
     fraction}`` dict); from the first poll on, that node's CPUs spend their time as the
     fault does (see :meth:`set_fault`).  ``window_s`` is how much simulated time is
     cached per node (the whole day is generated once per window, then sliced).
 
     Node-level metrics are the simulator's own (``RawBlock.node_metrics`` of the day, the
     row of the scrape the CPU counters come from); a node with an injected fault kind of
-    :data:`~didact_core.simulator.FAULTS` accrues them at that fault's node-level rates
+    :data:`~didact_core.ingest.simulator.FAULTS` accrues them at that fault's node-level rates
     (``NODE_SIGNATURES``) from the injection on, memory and load following it too; a
     ``{mode: fraction}`` fault leaves them as the simulator has them.
     """
@@ -166,7 +166,7 @@ class SimulatedLiveFeed(LiveFeed):
         faults: Mapping[str, str | Mapping[str, float]] | None = None,
         window_s: float = 3600.0,
     ):
-        from .simulator import SimulatedCluster
+        from didact_core.ingest.simulator import SimulatedCluster
 
         if cluster is None:
             cluster = SimulatedCluster.from_settings(settings or Settings.from_env())
@@ -213,7 +213,7 @@ class SimulatedLiveFeed(LiveFeed):
 
     def set_fault(self, node: str, kind: str | Mapping[str, float] | None) -> None:
         """Inject (or with ``None`` clear) a behavioural fault on ``node`` from now on."""
-        from .simulator import FAULTS
+        from didact_core.ingest.simulator import FAULTS
 
         if node not in self._names:
             raise DidactError(
@@ -374,7 +374,7 @@ class SimulatedLiveFeed(LiveFeed):
     def _apply_node_fault(self, node: str, i: int, sig: np.ndarray, ts: int, base: np.ndarray) -> np.ndarray:
         """Node-level values of a node with an injected fault kind: its counters accrue at
         the kind's rates (the simulator's noise), memory and load as the kind has them."""
-        from .simulator import NODE_MEMORY_GB, NODE_SIGNATURES
+        from didact_core.ingest.simulator import NODE_MEMORY_GB, NODE_SIGNATURES
 
         kind = self._fault_kinds.get(node)
         if kind is None or kind not in NODE_SIGNATURES:
@@ -408,7 +408,7 @@ _PORT_RE = re.compile(r"^(.*?)(?::\d+)?$")
 class PrometheusLiveFeed(LiveFeed):
     """``node_cpu_seconds_total`` now, from Prometheus (two instant queries: values and
     their scrape timestamps).  ``source`` is a configured
-    :class:`~didact_core.sources.prometheus.PrometheusSource` (its URL, auth, TLS and
+    :class:`~didact_core.ingest.prometheus.source.PrometheusSource` (its URL, auth, TLS and
     retries); by default one from the environment and ``settings`` with one retry and a
     10 s timeout, so a dead server costs an interval, not minutes."""
 
@@ -422,7 +422,7 @@ class PrometheusLiveFeed(LiveFeed):
         job: str | None = None,
         metric: str = "node_cpu_seconds_total",
     ):
-        from .sources.prometheus import PrometheusSource
+        from didact_core.ingest.prometheus.source import PrometheusSource
 
         settings = settings or Settings.from_env()
         self.source = source or PrometheusSource.from_env(
@@ -497,9 +497,9 @@ class PrometheusLiveFeed(LiveFeed):
     def _poll_node_metrics(self, at: str) -> pd.DataFrame | None:
         """Node exporter's node-level metrics at ``at``: one row per node (its latest scrape),
         the columns the nightly ingest makes of them
-        (:meth:`~didact_core.sources.prometheus.PrometheusSource.node_metrics_frame`: summed
+        (:meth:`~didact_core.ingest.prometheus.source.PrometheusSource.node_metrics_frame`: summed
         over devices, virtual network devices excluded, memory used = total − available)."""
-        from .sources.prometheus import _VIRTUAL_NET, NODE_METRICS
+        from didact_core.ingest.prometheus.source import _VIRTUAL_NET, NODE_METRICS
 
         job = f'job="{self.job}"' if self.job else ""
         sel = f'{{__name__=~"{"|".join(NODE_METRICS)}"{"," + job if job else ""}}}'
@@ -629,7 +629,7 @@ class LocalHostFeed(LiveFeed):
             v["disk_io_time"], v["disk_read_bytes"], v["disk_written_bytes"] = io, rd, wr
         text = self._read("net/dev")
         if text is not None:
-            from .sources.prometheus import _VIRTUAL_NET
+            from didact_core.ingest.prometheus.source import _VIRTUAL_NET
 
             rx = tx = 0.0
             for line in text.splitlines()[2:]:

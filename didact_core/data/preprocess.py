@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import DataQualityError, DidactError
-from .schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu
+from didact_core.errors import DataQualityError, DidactError
+from didact_core.schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import DidactError
-from .schema import CPU_MODES, NODE_COUNTERS, TS_DTYPE
-from .sources.base import RawBlock, TelemetrySource, day_bounds
+from didact_core.errors import DidactError
+from didact_core.schema import CPU_MODES, NODE_COUNTERS, TS_DTYPE
+from didact_core.ingest.base import RawBlock, TelemetrySource, day_bounds
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import ensure_home
-from .errors import DidactError
+from didact_core.config import ensure_home
+from didact_core.errors import DidactError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The one training loop of didact.
 
 ``train(model, X_train, cfg, X_val=..., on_epoch=...)`` runs AdamW over device-resident
-shuffled batches (``didact_core.batching``), stops early on the validation loss and
+shuffled batches (``didact_core.learn.batching``), stops early on the validation loss and
 restores the best weights, and returns a :class:`TrainResult`.  A non-finite loss
 raises :class:`TrainingDivergedError` at once, so a caller never saves diverged weights.
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .batching import ResidentBatches, pick_device, to_device_tensor
-from .errors import DidactError
-from .models import ModelConfig, effective_batch_size
+from didact_core.learn.batching import ResidentBatches, pick_device, to_device_tensor
+from didact_core.errors import DidactError
+from didact_core.learn.models import ModelConfig, effective_batch_size
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 MLflow copies this file into each logged model; ``mlflow models serve`` (with didact
 installed) loads the detector from the model's ``detector`` artifact and answers with
 one row per input row: reconstruction error, latent coordinates and the OOD flag
-(:func:`didact_core.registry.predict_frame`).  didact never imports this file itself.
+(:func:`didact_core.learn.registry.predict_frame`).  didact never imports this file itself.
 """
 
 import mlflow.pyfunc
@@ -13,12 +13,12 @@ from mlflow.models import set_model
 
 class DidactDetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from didact_core.models.detector import Detector
+        from didact_core.learn.detector import Detector
 
         self.detector = Detector.load(context.artifacts["detector"])
 
     def predict(self, context, model_input, params=None):
-        from didact_core.registry import predict_frame
+        from didact_core.learn.registry import predict_frame
 
         return predict_frame(self.detector, pd.DataFrame(model_input))
 

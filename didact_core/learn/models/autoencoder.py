@@ -7,7 +7,7 @@ One readable module.  Every family (see ``vae.py``) has the same interface:
 - ``loss(x)``        -> scalar training loss (what the optimiser minimises)
 - ``sample_error(x)``-> (n,) per-sample reconstruction error, the anomaly score
 
-Inputs are already transformed features (see ``didact_core.features``).
+Inputs are already transformed features (see ``didact_core.data.features``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import ModelConfig
+from didact_core.learn.models import ModelConfig
 
 # ReLU runs in place on the Linear output (which its backward does not need): one
 # pass over the activations instead of an allocation plus a pass

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DataQualityError, DidactError
+from didact_core.errors import DataQualityError, DidactError
 
 #: a feature whose standard deviation is below this is only centred, not scaled
 _MIN_STD = 1e-8

@@ -5,7 +5,7 @@ JSON-able (:meth:`ModelConfig.to_dict` / :meth:`ModelConfig.from_dict`), so the 
 dict is logged as MLflow params and saved next to the weights to rebuild the
 architecture at load time.
 
-    >>> from didact_core.models import ModelConfig, build_model
+    >>> from didact_core.learn.models import ModelConfig, build_model
     >>> cfg = ModelConfig(n_features=5)
     >>> model = build_model(cfg)          # an nn.Module with encode/forward/loss
     >>> count_params(model)
@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DidactError
+from didact_core.errors import DidactError
 
 FAMILIES = ("autoencoder", "vae")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
@@ -144,10 +144,10 @@ class ModelConfig:
 def build_model(cfg: ModelConfig):
     """The nn.Module of ``cfg.family``, freshly initialised from torch's global RNG."""
     if cfg.family == "vae":
-        from .vae import VAE
+        from didact_core.learn.models.vae import VAE
 
         return VAE(cfg)
-    from .autoencoder import Autoencoder
+    from didact_core.learn.models.autoencoder import Autoencoder
 
     return Autoencoder(cfg)
 
@@ -193,7 +193,7 @@ def count_params(model) -> int:
 def __getattr__(name: str):
     # lazy: detector.py imports training.py, which imports this module
     if name == "Detector":
-        from .detector import Detector
+        from didact_core.learn.detector import Detector
 
         return Detector
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
