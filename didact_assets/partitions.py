@@ -5,5 +5,5 @@ import dagster as dg
 from didact_core.config import Settings
 
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=Settings.from_env().start_date, timezone="UTC", end_offset=0
+    start_date=Settings.from_env_lenient().start_date, timezone="UTC", end_offset=0
 )

@@ -5,28 +5,31 @@
 * ``drift_sensor``: the live OOD rate reported by ``didact serve`` passed a threshold →
   retrain on the latest day.
 
-The decisions are plain functions in ``didact_core.learn.triggers``.
+The decisions are plain functions in ``didact_core.learn.triggers``.  Nothing is parsed at
+import: the default status comes from a lenient read of ``DIDACT_SENSORS_ENABLED`` (a bad
+value falls back to running, with a warning), and the drift sensor reads its threshold,
+window, minimum samples and cooldown from the settings at each evaluation — a bad
+``DIDACT_DRIFT_*`` value fails that evaluation with the clear settings error while the code
+location loads.
 """
 
 import datetime as dt
 import json
-import os
 
 import dagster as dg
 
-from didact_core.learn import triggers
+from didact_core.config import Settings
 from didact_core.data.review import ReviewQueue
+from didact_core.learn import triggers
 
 from .jobs import model_job, retrain_job
-from .resources import DidactResource
+from .resources import ENV_DEFAULTS, DidactResource
 
 RAW = dg.AssetKey("raw_node_metrics")
 MODEL = dg.AssetKey("champion_model")
 TRIGGER_TAG = "didact/trigger"
 _DEFAULT_STATUS = (
-    dg.DefaultSensorStatus.STOPPED
-    if os.environ.get("DIDACT_SENSORS_ENABLED", "1") in ("0", "false", "no")
-    else dg.DefaultSensorStatus.RUNNING
+    dg.DefaultSensorStatus.RUNNING if ENV_DEFAULTS.sensors_enabled else dg.DefaultSensorStatus.STOPPED
 )
 REASON_TAG = "didact/reason"
 
@@ -64,6 +67,7 @@ def _trains_itself(instance: dg.DagsterInstance, run_id: str) -> bool:
     description="New raw data → retrain that day (AI-ready, review snapshot, model, evaluation).",
 )
 def new_raw_data_sensor(context: dg.SensorEvaluationContext):
+    Settings.from_env()  # a bad DIDACT_* value fails this tick, not the retrain runs it would launch
     seen = int(context.cursor) if context.cursor else None
     records = _records(context.instance, RAW, after=seen)
     if not records:
@@ -85,13 +89,6 @@ def new_raw_data_sensor(context: dg.SensorEvaluationContext):
     ]
 
 
-class DriftConfig:
-    threshold = float(os.environ.get("DIDACT_DRIFT_THRESHOLD", "0.05"))
-    window_minutes = int(os.environ.get("DIDACT_DRIFT_WINDOW_MINUTES", "60"))
-    min_samples = int(os.environ.get("DIDACT_DRIFT_MIN_SAMPLES", "1000"))
-    cooldown_hours = float(os.environ.get("DIDACT_DRIFT_COOLDOWN_HOURS", "6"))
-
-
 @dg.sensor(
     job=model_job,
     minimum_interval_seconds=300,
@@ -100,14 +97,14 @@ class DriftConfig:
     "DIDACT_DRIFT_WINDOW_MINUTES → retrain on the latest day (at most once per cooldown).",
 )
 def drift_sensor(context: dg.SensorEvaluationContext, didact: DidactResource):
-    settings = didact.settings()
+    settings = didact.settings()  # SettingsError names a bad DIDACT_DRIFT_* (the tick fails with it)
     now = dt.datetime.now(dt.timezone.utc)
     state = json.loads(context.cursor) if context.cursor else {}
     last = state.get("last_fired")
-    if last and now - dt.datetime.fromisoformat(last) < dt.timedelta(hours=DriftConfig.cooldown_hours):
+    if last and now - dt.datetime.fromisoformat(last) < dt.timedelta(hours=settings.drift_cooldown_hours):
         return dg.SkipReason(f"cooling down: last drift retrain at {last[:19]}")
-    rate, n = ReviewQueue(settings).ood_rate(since=now - dt.timedelta(minutes=DriftConfig.window_minutes))
-    decision = triggers.drift_decision(rate, n, DriftConfig.threshold, DriftConfig.min_samples)
+    rate, n = ReviewQueue(settings).ood_rate(since=now - dt.timedelta(minutes=settings.drift_window_minutes))
+    decision = triggers.drift_decision(rate, n, settings.drift_threshold, settings.drift_min_samples)
     if not decision.retrain:
         return dg.SkipReason(decision.reason)
     day = (now.date() - dt.timedelta(days=1)).isoformat()

@@ -1,4 +1,4 @@
-"""Settings of a didact installation, read from the environment.
+"""Settings of a didact installation: one typed object, the only reader of ``DIDACT_*`` variables.
 
 Everything lives under one home folder (``DIDACT_HOME``, default ``./.didact``)::
 
@@ -7,72 +7,302 @@ Everything lives under one home folder (``DIDACT_HOME``, default ``./.didact``):
     mlflow/            MLflow tracking + registry (sqlite) and artifacts
     dagster/           DAGSTER_HOME
 
-Every field can be set by an environment variable ``DIDACT_<FIELD>`` (upper case).
+Every field ``x`` is set by the environment variable ``DIDACT_X`` (upper case); an empty
+variable counts as unset (the default).  The forms are the same for every field:
+
+* booleans: ``1/0``, ``true/false``, ``yes/no``, ``on/off``, in any case (:func:`parse_bool`);
+* lists: comma lists (``DIDACT_FEATURES=cpu,node``); ``prometheus_nodes`` and
+  ``redfish_bmcs`` also take ``@/path``, a file with one entry a line (``#`` comments);
+* ``prometheus_tls_verify`` / ``redfish_tls_verify``: a boolean word, or the path of an
+  existing CA bundle;
+* ``DIDACT_PROMETHEUS_BEARER_TOKEN_FILE`` fills ``prometheus_bearer_token`` when the token
+  itself is unset.
+
+Secrets (``prometheus_password``, ``prometheus_bearer_token``, ``redfish_password``) are
+pydantic ``SecretStr``: repr, logs and errors show ``**********``.  Code that needs the
+value asks for it explicitly: ``settings.prometheus_password.get_secret_value()``.
+
+:meth:`Settings.from_env` reports every bad variable at once in one :class:`SettingsError`
+(a :class:`DidactError`), each line naming the variable, its value and the expected form.
+:meth:`Settings.from_env_lenient` is for definition time (a Dagster code location must load
+whatever the environment holds): bad variables fall back to their defaults with a warning,
+and the strict read in the run reports them.
+
+``Settings(...)`` itself reads no environment: it is the defaults plus what it is given
+(types are checked; :meth:`Settings.validate` checks ranges and choices).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
+import re
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from didact_core.errors import DidactError
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("simulator", "prometheus")
+#: how the Prometheus source reads a day (``auto`` tries remote read, then the query API)
+PROMETHEUS_APIS = ("auto", "remote_read", "query")
+#: the fields that hold secrets (SecretStr; never shown, never in DidactResource)
+SECRET_FIELDS = ("prometheus_password", "prometheus_bearer_token", "redfish_password")
+ENV_PREFIX = "DIDACT_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-def _parse(name: str, raw: str, typ):
+# -- the one parser of each form ---------------------------------------------------------
+
+
+def parse_bool(raw: Any) -> bool:
+    """``1/0``, ``true/false``, ``yes/no``, ``on/off`` (any case) → bool; ValueError otherwise."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    word = str(raw).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("is not a boolean")
+
+
+def _lines(spec: str) -> list[str]:
+    """Entries of ``@/path`` (one a line) or of a comma list; blanks and ``#`` comments dropped."""
+    if spec.startswith("@"):
+        path = Path(spec[1:]).expanduser()
+        try:
+            items = path.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"file {path} cannot be read ({e.strerror or e})") from None
+    else:
+        items = spec.split(",")
+    return [s.strip() for s in items if s.strip() and not s.strip().startswith("#")]
+
+
+def _comma_list(raw: Any) -> Any:
+    return tuple(p.strip() for p in raw.split(",") if p.strip()) if isinstance(raw, str) else raw
+
+
+def _list_or_file(raw: Any) -> Any:
+    if isinstance(raw, str):
+        return tuple(_lines(raw.strip()))
+    if isinstance(raw, (list, tuple)) and len(raw) == 1 and str(raw[0]).startswith("@"):
+        return tuple(_lines(str(raw[0])))  # "@/path" typed into a list field of the launchpad
+    return raw
+
+
+def _bmcs(raw: Any) -> tuple[str, ...]:
+    entries = _list_or_file(raw)
+    for i, entry in enumerate(entries):
+        node, sep, url = str(entry).partition("=")
+        if not sep or not node.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ValueError(f"entry {i + 1} {entry!r} is not node=http(s)://bmc")
+    return tuple(entries)
+
+
+def _tls_verify(raw: Any) -> bool | str:
     try:
-        if typ is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if typ is tuple:
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        return typ(raw)
+        return parse_bool(raw)
     except ValueError:
-        raise DidactError(
-            f"environment variable {name}={raw!r}",
-            f"is not a valid {typ.__name__}",
-            f"set {name} to a {typ.__name__} or unset it to use the default",
-        ) from None
+        if Path(str(raw)).expanduser().is_file():
+            return str(raw)
+        raise ValueError("is neither a boolean nor an existing CA bundle file") from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """One didact installation's configuration (env var ``DIDACT_<NAME>`` overrides each)."""
+def _fspath(raw: Any) -> Any:
+    return os.fspath(raw) if isinstance(raw, os.PathLike) else raw
 
-    home: str = ".didact"
+
+Bool = Annotated[bool, BeforeValidator(parse_bool)]
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+IntList = Annotated[tuple[int, ...], BeforeValidator(_comma_list)]
+ListOrFile = Annotated[tuple[str, ...], BeforeValidator(_list_or_file)]
+TlsVerify = Annotated[bool | str, BeforeValidator(_tls_verify)]
+
+#: the expected form of a field when its type alone does not say it
+_FORMS = {
+    "features": "a comma list of feature names or groups, like cpu,node",
+    "model_hidden": "a comma list of layer widths like 144,128",
+    "prometheus_nodes": "a comma list of node names, or @/path to a file with one node a line",
+    "redfish_bmcs": "node=url entries like node01=https://node01-bmc (comma list, or @/path, one a line)",
+    "prometheus_tls_verify": "1/0, true/false, yes/no, on/off, or the path of a CA bundle",
+    "redfish_tls_verify": "1/0, true/false, yes/no, on/off, or the path of a CA bundle",
+}
+#: the least value of each number setting (None: unset, the source's default)
+_AT_LEAST = {
+    **dict.fromkeys(("nodes", "cpus", "window", "max_train_samples", "drift_window_minutes"), 1),
+    **dict.fromkeys(("prometheus_concurrency", "prometheus_max_samples_per_query"), 1),
+    **dict.fromkeys(
+        ("prometheus_retries", "drift_min_samples", "drift_cooldown_hours", "drift_threshold"), 0
+    ),
+    **dict.fromkeys(("replay_fraction", "promotion_tolerance"), 0),
+}
+_PROBLEMS = {"model_hidden": "is not a comma list of positive layer widths"}
+_TYPE_PROBLEMS = {
+    "int_parsing": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "int_type": "is not a whole number",
+    "float_parsing": "is not a number",
+    "float_type": "is not a number",
+    "finite_number": "is not a finite number",
+    "string_type": "is not text",
+    "bool_parsing": "is not a boolean",
+    "extra_forbidden": "is not a setting",
+}
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One bad setting: ``what`` (name=value), the problem, and the fix naming its variable."""
+
+    field: str
+    what: str
+    problem: str
+    fix: str
+
+    @property
+    def var(self) -> str:
+        return ENV_PREFIX + self.field.upper()
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.problem} — {self.fix}"
+
+
+class SettingsError(DidactError):
+    """Every bad setting at once (``issues``), each naming its ``DIDACT_*`` variable."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = list(issues)
+        if len(self.issues) == 1:
+            i = self.issues[0]
+            super().__init__(i.what, i.problem, i.fix)
+        else:
+            lines = "".join(f"\n  - {i}" for i in self.issues)
+            super().__init__("didact settings", f"{len(self.issues)} values are invalid:{lines}")
+
+
+def _show(field: str, value: Any) -> str:
+    if field in SECRET_FIELDS:
+        return "**********" if value else ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _fix(field: str, expected: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return "the settings are the fields of didact_core.config.Settings"
+    if field == "model_hidden":
+        default = "the default size"
+    elif info.default is None:
+        default = "the source's own default"
+    else:
+        default = f"the default ({_show(field, info.default) or 'empty'})"
+    return f"set {ENV_PREFIX}{field.upper()} to {expected}, or unset it for {default}"
+
+
+def _expected(field: str) -> str:
+    if field in _FORMS:
+        return _FORMS[field]
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return ""
+    types = set(get_args(info.annotation)) or {info.annotation}
+    kind = "a value"
+    for typ, text in (
+        (float, "a number"),
+        (int, "a whole number"),
+        (bool, "1/0, true/false, yes/no or on/off"),
+    ):
+        if typ in types:
+            kind = text
+    return kind
+
+
+def _issues_from(err: ValidationError, data: Mapping[str, Any]) -> list[Issue]:
+    out: dict[str, Issue] = {}
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "settings"
+        if field in out:
+            continue
+        if e["type"] == "value_error":
+            problem = str(e["ctx"]["error"])
+        else:
+            problem = _TYPE_PROBLEMS.get(e["type"], e["msg"])
+        problem = _PROBLEMS.get(field, problem)
+        out[field] = Issue(
+            field, f"{field}={_show(field, data.get(field))}", problem, _fix(field, _expected(field))
+        )
+    return list(out.values())
+
+
+# -- the settings --------------------------------------------------------------------------
+
+
+def _doc(default: Any, description: str) -> Any:
+    """A field default with its description (shown in the Dagster launchpad)."""
+    return Field(default, description=description)
+
+
+class Settings(BaseModel):
+    """One didact installation's configuration (env var ``DIDACT_<NAME>`` sets each field)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    home: PathStr = ".didact"
     source: str = "simulator"
-    #: first daily partition (UTC)
-    start_date: str = "2026-01-01"
+    start_date: str = _doc("2026-01-01", "first daily partition (UTC), YYYY-MM-DD")
     # simulated cluster
     nodes: int = 16
     cpus: int = 8
     interval_s: float = 15.0
     seed: int = 0
-    #: labelled behavioural faults (CPU hog, IO stall, ...) per node-hour
-    fault_rate: float = 0.05
+    fault_rate: float = _doc(0.05, "labelled behavioural faults (CPU hog, IO stall, ...) per node-hour")
     # preprocessing
-    features: tuple = ("idle", "iowait", "system", "user", "other")
-    #: temporal context: the model sees each feature at this many consecutive timesteps
-    window: int = 1
-    #: a partition fails its quality check above this fraction of unusable samples
-    max_unusable_fraction: float = 0.05
-    #: partition versions kept per (asset, partition); 0 keeps all
-    retention_versions: int = 0
-    #: worker processes for a partition's node blocks; 0 = one per CPU core
-    workers: int = 0
-    #: job labels from a CSV (node,start,end,label) or scheduler export instead of the source
-    labels_csv: str = ""
-    # Prometheus source
+    features: CommaList = ("idle", "iowait", "system", "user", "other")
+    window: int = _doc(1, "temporal context: the model sees each feature at this many consecutive timesteps")
+    max_unusable_fraction: float = _doc(0.05, "a partition fails its quality check above this unusable share")
+    retention_versions: int = _doc(0, "partition versions kept per (asset, partition); 0 keeps all")
+    workers: int = _doc(0, "worker processes for a partition's node blocks; 0 = one per CPU core")
+    labels_csv: PathStr = _doc("", "job labels from a CSV (node,start,end,label) or scheduler export")
+    # Prometheus source (None: the source's own default)
     prometheus_url: str = "http://127.0.0.1:9090"
-    prometheus_node_label: str = "instance"
+    prometheus_node_label: str = _doc("instance", "the label that names nodes")
+    prometheus_username: str = _doc("", "basic auth user (password: DIDACT_PROMETHEUS_PASSWORD)")
+    prometheus_password: SecretStr = SecretStr("")
+    prometheus_bearer_token: SecretStr = SecretStr("")
+    prometheus_tls_verify: TlsVerify = _doc(True, "verify TLS: a boolean or a CA bundle path")
+    prometheus_nodes: ListOrFile = _doc((), "expected nodes (comma list or @/path); empty = discover")
+    prometheus_job: str = _doc("", "only series of this scrape job")
+    prometheus_strip_port: Bool = _doc(True, "node names without their :port")
+    prometheus_api: str = _doc("auto", "auto, remote_read or query")
+    prometheus_timeout_s: float | None = None
+    prometheus_retries: int | None = None
+    prometheus_concurrency: int | None = None
+    prometheus_max_samples_per_query: int | None = None
+    # Redfish power readers (didact power record)
+    redfish_bmcs: Annotated[tuple[str, ...], BeforeValidator(_bmcs)] = _doc((), "node=url of each BMC")
+    redfish_username: str = ""
+    redfish_password: SecretStr = SecretStr("")
+    redfish_tls_verify: TlsVerify = _doc(True, "verify TLS: a boolean or a CA bundle path")
+    redfish_timeout_s: float = 5.0
     # MLflow: empty means sqlite + local artifacts under home
     mlflow_tracking_uri: str = ""
     model_name: str = "didact-autoencoder"
@@ -81,89 +311,163 @@ class Settings:
     model_lr: float = 3e-3
     model_max_epochs: int = 20
     model_batch_size: int = 4096
-    #: hidden widths of the encoder (the decoder mirrors them); empty = sized so the model
-    #: has about 40K parameters whatever the number of inputs (144,128 for the 5 CPU fractions)
-    model_hidden: tuple = ()
-    #: continue from the champion's weights (False: train each day from scratch)
-    model_warm_start: bool = True
-    #: today's samples used for training at most (a seeded sample)
-    max_train_samples: int = 200_000
-    #: replayed samples of earlier days, as a fraction of today's training samples
-    replay_fraction: float = 0.3
+    #: the decoder mirrors the encoder; empty = about 40K parameters whatever the number of
+    #: inputs (144,128 for the 5 CPU fractions)
+    model_hidden: IntList = _doc((), "hidden widths of the encoder; empty = sized to about 40K parameters")
+    model_warm_start: Bool = _doc(True, "continue from the champion's weights (False: from scratch)")
+    max_train_samples: int = _doc(200_000, "today's samples used for training at most (a seeded sample)")
+    replay_fraction: float = _doc(0.3, "replayed samples of earlier days, as a fraction of today's")
     replay_days: int = 7
-    #: fraction of each day held out for evaluation and the promotion gate
-    holdout_fraction: float = 0.2
-    #: the challenger may be this much worse (relative error) than the champion and still pass
-    promotion_tolerance: float = 0.05
-    #: model_evaluation also trains one model per flavour left out (open-set AUC; slow)
-    openset_eval: bool = False
+    holdout_fraction: float = _doc(0.2, "fraction of each day held out for evaluation and the gate")
+    promotion_tolerance: float = _doc(0.05, "how much worse (relative error) a challenger may be and pass")
+    openset_eval: Bool = _doc(False, "also train one model per flavour left out (open-set AUC; slow)")
+    # Dagster schedule and sensors
+    nightly_at: str = _doc("02:30", "UTC time of day (HH:MM) of the nightly run")
+    schedule_enabled: Bool = _doc(True, "the nightly schedule starts running")
+    sensors_enabled: Bool = _doc(True, "the retrain sensors start running")
+    drift_threshold: float = _doc(0.05, "live OOD rate above which the drift sensor retrains")
+    drift_window_minutes: int = _doc(60, "the OOD rate is taken over this many minutes")
+    drift_min_samples: int = _doc(1000, "fewer scored samples in the window is not drift")
+    drift_cooldown_hours: float = _doc(6.0, "at most one drift retrain per this many hours")
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise SettingsError(_issues_from(e, data)) from None
+
+    # -- reading the environment ---------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """The settings from ``DIDACT_*`` variables (``os.environ`` by default), then ``overrides``
+        (``None`` values ignored).  Raises one :class:`SettingsError` listing every bad value."""
+        settings, issues = cls._read(environ, overrides)
+        if issues:
+            raise SettingsError(issues)
+        return settings
 
     @classmethod
-    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+    def from_env_lenient(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Like :meth:`from_env`, but a bad value falls back to its default (logged as a warning).
+
+        For definition time only (Dagster defaults, cron times): the strict read at run
+        time still reports the bad value."""
+        settings, issues = cls._read(environ, overrides)
+        if issues:
+            log.warning("using defaults for bad settings: %s", "; ".join(map(str, issues)))
+        return settings
+
+    @classmethod
+    def env_issues(cls, environ: Mapping[str, str] | None = None) -> list[Issue]:
+        """Every problem of the environment's ``DIDACT_*`` values (empty when all are good)."""
+        return cls._read(environ, {})[1]
+
+    @classmethod
+    def _read(
+        cls, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
+    ) -> tuple[Settings, list[Issue]]:
         env = os.environ if environ is None else environ
-        values = {}
-        for f in dataclasses.fields(cls):
-            name = f"DIDACT_{f.name.upper()}"
-            if name in env:
-                typ = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}[
-                    f.type if isinstance(f.type, str) else f.type.__name__
-                ]
-                values[f.name] = _parse(name, env[name], typ)
+        values: dict[str, Any] = {}
+        issues: list[Issue] = []
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw.strip():
+                values[name] = raw
+        token_file = env.get("DIDACT_PROMETHEUS_BEARER_TOKEN_FILE", "").strip()
+        if token_file and "prometheus_bearer_token" not in values:
+            try:
+                values["prometheus_bearer_token"] = Path(token_file).expanduser().read_text().strip()
+            except OSError as e:
+                issues.append(Issue(
+                    "prometheus_bearer_token",
+                    f"DIDACT_PROMETHEUS_BEARER_TOKEN_FILE={token_file}",
+                    f"cannot be read ({e.strerror or e})",
+                    "point DIDACT_PROMETHEUS_BEARER_TOKEN_FILE at a readable file holding the token",
+                ))  # fmt: skip
         values.update({k: v for k, v in overrides.items() if v is not None})
-        s = cls(**values)
+        # each pass drops the bad values and tries again, so the problems of the good
+        # values (ranges, choices) are found in the same read
+        while True:
+            try:
+                settings = cls(**values)
+            except SettingsError as e:
+                new = e.issues
+            else:
+                new = settings.problems()
+                if not new:
+                    return settings, issues
+            issues += new
+            bad = {i.field for i in new} & values.keys()
+            if not bad:  # a default is wrong: a bug, not a setting
+                raise SettingsError(issues)
+            for field in bad:
+                del values[field]
+
+    def replace(self, **changes) -> Settings:
+        """A copy with ``changes``, validated (SettingsError on a bad value)."""
+        s = type(self)(**{**dict(self), **changes})
         s.validate()
         return s
 
-    def replace(self, **changes) -> "Settings":
-        s = dataclasses.replace(self, **changes)
-        s.validate()
-        return s
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:  # type: ignore[override]  # pydantic's deprecated classmethod
+        """Raise one :class:`SettingsError` listing every range or choice that is wrong."""
+        issues = self.problems()
+        if issues:
+            raise SettingsError(issues)
 
-    def validate(self) -> None:
-        if self.source not in SOURCES:
-            raise DidactError(
-                f"source {self.source!r}",
-                "is not a known telemetry source",
-                f"use one of {', '.join(SOURCES)} (DIDACT_SOURCE)",
-            )
-        for name in ("nodes", "cpus"):
-            if getattr(self, name) < 1:
-                raise DidactError(f"{name}={getattr(self, name)}", "must be at least 1")
-        if not self.interval_s > 0:
-            raise DidactError(f"interval_s={self.interval_s}", "must be a positive number of seconds")
+    def problems(self) -> list[Issue]:
+        """Every range or choice that is wrong (the types were checked on construction)."""
+        out: list[Issue] = []
+
+        def bad(field: str, problem: str, expected: str, what: str | None = None) -> None:
+            what = what or f"{field}={_show(field, getattr(self, field))}"
+            out.append(Issue(field, what, problem, _fix(field, expected)))
+
+        for name, allowed, noun in (
+            ("source", SOURCES, "telemetry source"),
+            ("prometheus_api", PROMETHEUS_APIS, "API"),
+        ):
+            if getattr(self, name) not in allowed:
+                bad(
+                    name,
+                    f"is not a known {noun}",
+                    f"one of {', '.join(allowed)}",
+                    f"{name} {getattr(self, name)!r}",
+                )
+        for name, low in _AT_LEAST.items():
+            v = getattr(self, name)
+            if v is not None and not v >= low:
+                bad(name, f"must be at least {low}", f"{low} or more")
+        for name in ("interval_s", "redfish_timeout_s", "prometheus_timeout_s"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                bad(name, "must be a positive number of seconds", "seconds, e.g. 5")
         if not 0 <= self.max_unusable_fraction <= 1:
-            raise DidactError(
-                f"max_unusable_fraction={self.max_unusable_fraction}", "must be between 0 and 1"
-            )
+            bad("max_unusable_fraction", "must be between 0 and 1", "a fraction like 0.05")
+        if not 0 < self.holdout_fraction < 1:
+            bad("holdout_fraction", "must be strictly between 0 and 1", "a fraction like 0.2")
         try:
             dt.date.fromisoformat(self.start_date)
         except ValueError:
-            raise DidactError(
-                f"start_date={self.start_date!r}", "is not a date", "use YYYY-MM-DD (DIDACT_START_DATE)"
-            ) from None
-        try:
-            hidden = [int(h) for h in self.model_hidden]
-        except (TypeError, ValueError):
-            hidden = [0]
-        if any(h < 1 for h in hidden):
-            raise DidactError(
-                f"model_hidden={','.join(map(str, self.model_hidden))}",
-                "is not a comma list of positive layer widths",
-                "set DIDACT_MODEL_HIDDEN like 144,128, or unset it for the default size",
-            )
+            bad("start_date", "is not a date", "YYYY-MM-DD", what=f"start_date={self.start_date!r}")
+        if not _HHMM.match(self.nightly_at):
+            bad("nightly_at", "is not a time of day", "HH:MM (UTC), e.g. 02:30")
+        if any(h < 1 for h in self.model_hidden):
+            bad("model_hidden", _PROBLEMS["model_hidden"], _FORMS["model_hidden"])
         if not self.features:
-            raise DidactError("features", "the feature list is empty", "name at least one feature")
-        if self.window < 1:
-            raise DidactError(f"window={self.window}", "must be at least 1 timestep", "DIDACT_WINDOW=1 (no context) or more")
-        for name in ("replay_fraction", "promotion_tolerance"):
-            if getattr(self, name) < 0:
-                raise DidactError(f"{name}={getattr(self, name)}", "must not be negative")
-        if not 0 < self.holdout_fraction < 1:
-            raise DidactError(f"holdout_fraction={self.holdout_fraction}", "must be strictly between 0 and 1")
-        if self.max_train_samples < 1:
-            raise DidactError(f"max_train_samples={self.max_train_samples}", "must be at least 1")
+            bad("features", "the feature list is empty", _FORMS["features"])
+        return out
 
-    # -- paths -----------------------------------------------------------------
+    # -- derived values --------------------------------------------------------------------
+    @property
+    def nightly_hour_minute(self) -> tuple[int, int]:
+        """``nightly_at`` as (hour, minute); ValueError when it is not HH:MM."""
+        m = _HHMM.match(self.nightly_at)
+        if not m:
+            raise ValueError(f"nightly_at={self.nightly_at!r} is not HH:MM")
+        return int(m.group(1)), int(m.group(2))
+
     @property
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

@@ -90,6 +90,20 @@ def test_drift_sensor_fires_above_not_below_the_threshold(settings, instance, mo
     assert result.run_requests == [] and "cooling down" in result.skip_message
 
 
+def test_drift_sensor_reads_its_threshold_from_the_settings(settings, instance, monkeypatch):
+    """Threshold and minimum samples are settings: the environment's, or the launchpad's."""
+    ReviewQueue(settings).record_scoring(
+        dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5), samples=500, ood=10, model_version=1
+    )  # 2% of 500 samples
+    result, _ = evaluate(drift_sensor, instance, None, didact=resource(settings))
+    assert result.run_requests == [] and "only 500 samples" in result.skip_message
+    monkeypatch.setenv("DIDACT_DRIFT_MIN_SAMPLES", "100")
+    res = DidactResource(home=settings.home, drift_threshold=0.01)
+    result, _ = evaluate(drift_sensor, instance, None, didact=res)
+    [req] = result.run_requests
+    assert "threshold 1.00%" in req.tags["didact/reason"]
+
+
 def test_too_few_samples_is_not_drift():
     d = triggers.drift_decision(0.5, samples=10, threshold=0.05, min_samples=1000)
     assert not d.retrain and "only 10 samples" in d.reason

@@ -19,13 +19,12 @@ errors, non-JSON answers.  ``available()`` turns them into ``(False, reason)``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import requests
 
-from didact_core.errors import DidactError, SourceUnavailableError
+from didact_core.config import Settings
+from didact_core.errors import SourceUnavailableError
 from didact_core.power.base import SamplingPowerReader
 
 log = logging.getLogger(__name__)
@@ -78,57 +77,20 @@ class RedfishReader(SamplingPowerReader):
         self._plan: list[tuple[str, str]] | None = None  # (chassis path, method)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> list[RedfishReader]:
-        """One reader per BMC from ``DIDACT_REDFISH_BMCS`` = ``node=url,node=url`` (or
-        ``@/path``: a file with one ``node=url`` a line), with ``DIDACT_REDFISH_USERNAME``,
-        ``DIDACT_REDFISH_PASSWORD``, ``DIDACT_REDFISH_TLS_VERIFY`` (1/0/CA path) and
-        ``DIDACT_REDFISH_TIMEOUT_S``.  Empty when ``DIDACT_REDFISH_BMCS`` is unset."""
-        env = os.environ if environ is None else environ
-        spec = env.get("DIDACT_REDFISH_BMCS", "").strip()
-        if not spec:
-            return []
-        if spec.startswith("@"):
-            try:
-                entries = [ln.strip() for ln in Path(spec[1:]).read_text().splitlines()]
-            except OSError as e:
-                raise DidactError(
-                    f"DIDACT_REDFISH_BMCS={spec}",
-                    f"cannot be read ({e.strerror or e})",
-                    "point it at a file with one node=url a line",
-                ) from None
-        else:
-            entries = [e.strip() for e in spec.split(",")]
-        verify_raw = env.get("DIDACT_REDFISH_TLS_VERIFY", "1")
-        verify: bool | str = verify_raw
-        if verify_raw.lower() in ("1", "true", "yes", "on"):
-            verify = True
-        elif verify_raw.lower() in ("0", "false", "no", "off"):
-            verify = False
-        try:
-            timeout = float(env.get("DIDACT_REDFISH_TIMEOUT_S", "5"))
-        except ValueError:
-            raise DidactError(
-                "DIDACT_REDFISH_TIMEOUT_S", "is not a number", "set it to seconds, e.g. 5"
-            ) from None
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, settings: Settings | None = None
+    ) -> list[RedfishReader]:
+        """One reader per BMC of ``settings.redfish_bmcs`` (``DIDACT_REDFISH_BMCS`` =
+        ``node=url,node=url``, or ``@/path``: a file with one ``node=url`` a line), with
+        ``redfish_username``, ``redfish_password``, ``redfish_tls_verify`` (boolean or CA path)
+        and ``redfish_timeout_s``.  ``settings`` default: read from ``environ`` (``os.environ``).
+        Empty when no BMC is configured."""
+        s = settings if settings is not None else Settings.from_env(environ)
+        auth = (s.redfish_username or None, s.redfish_password.get_secret_value() or None)
         readers = []
-        for i, entry in enumerate(e for e in entries if e and not e.startswith("#")):
-            node, sep, url = entry.partition("=")
-            if not sep or not url.startswith(("http://", "https://")):
-                raise DidactError(
-                    f"DIDACT_REDFISH_BMCS entry {i + 1} {entry!r}",
-                    "is not node=http(s)://bmc",
-                    "write entries like node01=https://node01-bmc",
-                )
-            readers.append(
-                cls(
-                    url.strip(),
-                    node.strip(),
-                    env.get("DIDACT_REDFISH_USERNAME"),
-                    env.get("DIDACT_REDFISH_PASSWORD"),
-                    verify,
-                    timeout,
-                )
-            )
+        for entry in s.redfish_bmcs:  # validated node=http(s)://… by Settings
+            node, _, url = entry.partition("=")
+            readers.append(cls(url.strip(), node.strip(), *auth, s.redfish_tls_verify, s.redfish_timeout_s))
         return readers
 
     # -- HTTP ------------------------------------------------------------------------------
