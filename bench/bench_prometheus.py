@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from didact_core.ingest.simulator import SimulatedCluster  # noqa: E402
 from didact_core.ingest.openmetrics import write_openmetrics_windows  # noqa: E402
-from didact_core.ingest.prometheus.source import PrometheusSource  # noqa: E402
+from didact_core.ingest.prometheus import PrometheusSource  # noqa: E402
 from tests.services import find_binary, promtool_backfill, start_prometheus  # noqa: E402
 
 log = logging.getLogger("bench_prometheus")

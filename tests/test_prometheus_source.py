@@ -25,9 +25,8 @@ import pytest
 
 from didact_core.errors import DidactError, SourceUnavailableError
 from didact_core.schema import CPU_MODES, RAW_CPU_COLUMNS, RAW_POWER_COLUMNS
-from didact_core.ingest import prometheus as prom_mod
 from didact_core.ingest.openmetrics import format_timestamps, write_openmetrics, write_openmetrics_windows
-from didact_core.ingest.prometheus.source import PrometheusSource
+from didact_core.ingest.prometheus import PrometheusSource, wire, xorchunks
 from tests.services import (
     free_port,
     promtool_backfill,
@@ -401,6 +400,102 @@ def test_falls_back_to_query_api_without_remote_read(proxy, backfilled):
         PrometheusSource(proxy.url, api="remote_read").read_day(backfilled.day)
 
 
+# -- answers of the wrong shape (a proxy's page, another API, a broken server) ------------------------
+
+
+@pytest.fixture
+def wrong_answers():
+    """A local HTTP server answering every request with ``server.body`` (JSON, status 200)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            body = server.body
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.body = b"{}"
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+WRONG_SHAPES = {  # body, what the error says for the series API, for an instant query
+    "data is a string": (
+        b'{"status":"success","data":"oops"}',
+        "'data' is a JSON str",
+        "'data' is a JSON str",
+    ),
+    "a list, not an object": (
+        b'[{"status":"success"}]',
+        "the answer is a JSON list",
+        "the answer is a JSON list",
+    ),
+    "result is not a list": (
+        b'{"status":"success","data":{"resultType":"vector","result":"x"}}',
+        "'data' is a JSON dict, not a list of label sets",
+        "'data.result' is a JSON str, not a list",
+    ),
+    "items are not objects": (
+        b'{"status":"success","data":{"resultType":"vector","result":[1,2]}}',
+        "'data' is a JSON dict",
+        "a result item is not",
+    ),
+    "a vector where a matrix belongs": (
+        b'{"status":"success","data":{"resultType":"vector","result":[]}}',
+        "'data' is a JSON dict",
+        None,  # an empty vector is a right answer for the live feed
+    ),
+    "status missing": (b'{"data":[]}', "status is None", "status is None"),
+    "not JSON": (b"<html>proxy login</html>", "answer is not JSON", "answer is not JSON"),
+}
+
+
+@pytest.mark.parametrize("shape", list(WRONG_SHAPES))
+def test_an_answer_of_the_wrong_shape_is_a_clear_error(wrong_answers, shape):
+    from didact_core.config import Settings
+    from didact_core.ingest.live import PrometheusLiveFeed
+    from didact_core.power import PrometheusPowerReader
+
+    wrong_answers.body, series_problem, vector_problem = WRONG_SHAPES[shape]
+    url = wrong_answers.url
+    calls = {  # the day's inventory (series API), samples (query API), the live feed (instant queries)
+        "nodes": lambda: PrometheusSource(url, retries=0).nodes(dt.date(2026, 2, 3)),
+        "fetch": lambda: PrometheusSource(url, api="query", retries=0).fetch(
+            [("__name__", "=", "up")], 0, 1000
+        ),
+        "live": lambda: PrometheusLiveFeed(Settings(prometheus_url=url, prometheus_retries=0)).poll(),
+    }
+    if vector_problem is None:
+        del calls["live"]
+    for name, call in calls.items():
+        with pytest.raises(SourceUnavailableError) as err:
+            call()
+        msg = str(err.value)
+        assert f"{url}/api/v1/" in msg and " query " in msg, (name, msg)  # names the URL and the query
+        assert "DIDACT_PROMETHEUS_URL" in msg, (name, msg)  # and the fix
+        if name == "nodes":
+            assert series_problem in msg, msg
+        elif name == "live":
+            assert vector_problem in msg, msg
+        else:
+            assert "not JSON" in msg or "wrong shape" in msg, msg
+    ok, why = PrometheusPowerReader(url=url, retries=0).available()
+    assert not ok and url in why
+
+
 # -- pure parts: config, decoders, writer -----------------------------------------------------------
 
 
@@ -442,22 +537,21 @@ def test_from_env(tmp_path):
 
 def _encode_response(series):
     """A prometheus.ReadResponse (one QueryResult) built by hand, as Go's gogoproto writes it."""
-    pb = prom_mod
+    pb = wire
     ts_msgs = b""
     for labels, samples in series:
         msg = b"".join(
-            pb._pb_bytes(1, pb._pb_bytes(1, k.encode()) + pb._pb_bytes(2, v.encode()))
-            for k, v in labels.items()
+            pb.pb_bytes(1, pb.pb_bytes(1, k.encode()) + pb.pb_bytes(2, v.encode())) for k, v in labels.items()
         )
         for t, v in samples:
             body = b""
             if v != 0:  # proto3: zero values are not written
                 body += b"\x09" + np.float64(v).tobytes()
             if t != 0:
-                body += b"\x10" + pb._pb_varint(t)
-            msg += pb._pb_bytes(2, body)
-        ts_msgs += pb._pb_bytes(1, msg)
-    return pb._pb_bytes(1, ts_msgs)
+                body += b"\x10" + pb.pb_varint(t)
+            msg += pb.pb_bytes(2, body)
+        ts_msgs += pb.pb_bytes(1, msg)
+    return pb.pb_bytes(1, ts_msgs)
 
 
 def test_remote_read_decoder_handles_every_sample_shape():
@@ -474,7 +568,7 @@ def test_remote_read_decoder_handles_every_sample_shape():
         ({"__name__": "m", "k": "d"}, random_vals),
         ({"__name__": "m", "k": "e"}, []),
     ]
-    got = prom_mod.decode_read_response(_encode_response(series))
+    got = wire.decode_read_response(_encode_response(series))
     assert [s.labels["k"] for s in got] == ["a", "b", "c", "d", "e"]
     for s, (_, want) in zip(got, series):
         assert s.ts.tolist() == [t for t, _ in want]
@@ -487,8 +581,8 @@ def test_matrix_json_decoder_fast_and_fallback():
         b'{"metric":{"__name__":"x","cpu":"0"},"values":[[1767225600,"1.5"],[1767225600.015,"NaN"]]},'
         b'{"metric":{"cpu":"1"},"values":[[1767225601.5,"+Inf"]]}]}}'
     )
-    for decode in (prom_mod.decode_matrix_json, prom_mod._decode_matrix_slow):
-        got = decode(body)
+    for fast in (True, False):
+        got = wire.decode_matrix_json(body, fast=fast)
         assert [s.labels.get("cpu") for s in got] == ["0", "1"]
         assert got[0].ts.tolist() == [1767225600000, 1767225600015] and got[1].ts.tolist() == [1767225601500]
         assert got[0].values[0] == 1.5 and np.isnan(got[0].values[1]) and got[1].values[0] == np.inf
@@ -577,11 +671,11 @@ def _xor_chunk(samples: list[tuple[int, int]]) -> bytes:
     t_prev = v_prev = t_delta = 0
     for i, (t, vb) in enumerate(samples):
         if i == 0:
-            put_bytes(prom_mod._pb_varint(((t << 1) ^ (t >> 63)) & (2**64 - 1)))  # zigzag varint
+            put_bytes(wire.pb_varint(((t << 1) ^ (t >> 63)) & (2**64 - 1)))  # zigzag varint
             put(vb, 64)
         elif i == 1:
             t_delta = t - t_prev
-            put_bytes(prom_mod._pb_varint(t_delta))
+            put_bytes(wire.pb_varint(t_delta))
             xor_write(vb, v_prev)
         else:
             d = t - t_prev
@@ -612,17 +706,17 @@ def _bits(v: float) -> int:
 
 
 def _frame(series_msgs: list[bytes]) -> bytes:
-    msg = b"".join(prom_mod._pb_bytes(1, m) for m in series_msgs)
-    return prom_mod._pb_varint(len(msg)) + b"\0\0\0\0" + msg
+    msg = b"".join(wire.pb_bytes(1, m) for m in series_msgs)
+    return wire.pb_varint(len(msg)) + b"\0\0\0\0" + msg
 
 
 def _chunked_series(labels: dict, chunks: list[bytes]) -> bytes:
-    pb = prom_mod
+    pb = wire
     msg = b"".join(
-        pb._pb_bytes(1, pb._pb_bytes(1, k.encode()) + pb._pb_bytes(2, v.encode())) for k, v in labels.items()
+        pb.pb_bytes(1, pb.pb_bytes(1, k.encode()) + pb.pb_bytes(2, v.encode())) for k, v in labels.items()
     )
     for c in chunks:
-        msg += pb._pb_bytes(2, pb._pb_uint(3, 1) + pb._pb_bytes(4, c))
+        msg += pb.pb_bytes(2, pb.pb_uint(3, 1) + pb.pb_bytes(4, c))
     return msg
 
 
@@ -647,7 +741,7 @@ def test_xor_chunk_decoder_matches_the_reference_encoder():
     counter[7] = counter[6]  # unchanged value
     vals_a = [_bits(v) for v in counter]
     vals_a[9] = _bits(float("nan"))
-    vals_a[10] = prom_mod.STALE_NAN_BITS  # a staleness marker: dropped by the decoder
+    vals_a[10] = wire.STALE_NAN_BITS  # a staleness marker: dropped by the decoder
     vals_b = [_bits(v) for v in [1.0, -1.0, 0.0, 5e-324, -np.inf, 2.0**60, 1.0, 1.0]]  # 64 meaningful bits
     vals_c = [_bits(v) for v in np.round(rng.uniform(0, 1e6, 130), 2)]  # 130 samples in 2 chunks
     a = list(zip(ts.tolist(), vals_a))
@@ -666,14 +760,14 @@ def test_xor_chunk_decoder_matches_the_reference_encoder():
             _chunked_series({"k": "d"}, [_xor_chunk(single)]),
         ]
     )
-    got = prom_mod.decode_chunked_stream(raw, 0, 2**62)
+    got = xorchunks.decode_chunked_stream(raw, 0, 2**62)
     assert [s.labels["k"] for s in got] == ["a", "b", "c", "d"]
     for s, want in zip(got, [a, b, c, single]):
-        want = [(t, v) for t, v in want if v != prom_mod.STALE_NAN_BITS]
+        want = [(t, v) for t, v in want if v != wire.STALE_NAN_BITS]
         assert s.ts.tolist() == [t for t, _ in want]
         assert s.values.view(np.uint64).tolist() == [v for _, v in want]
     # chunks overhang the asked range: only [start, end] comes back
-    got = prom_mod.decode_chunked_stream(raw, t0 + 15_000 * 10, t0 + 15_000 * 20)
+    got = xorchunks.decode_chunked_stream(raw, t0 + 15_000 * 10, t0 + 15_000 * 20)
     assert got[2].ts.tolist() == [t for t, _ in c[10:21]]
 
 

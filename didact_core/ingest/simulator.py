@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from didact_core.errors import DidactError
-from didact_core.schema import CPU_MODES, NODE_COUNTERS, TS_DTYPE
+from didact_core.schema import CPU_MODES, NODE_COUNTERS
 from didact_core.ingest.base import RawBlock, TelemetrySource, day_bounds
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ def _sig(**fractions: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Flavour:
-    """A job flavour: which CPU threads it keeps busy and how their time splits."""
+class FlavourSignature:
+    """How the simulator draws a job flavour: which CPU threads it keeps busy, how their
+    time splits between the CPU modes, and how long its jobs run.  ``name`` is the
+    flavour's label."""
 
     name: str
     #: CPU threads the job keeps busy; 0 = none (idle), -1 = all of the node's
@@ -61,22 +63,22 @@ class Flavour:
 
 IDLE_SIGNATURE = _sig(idle=0.975, iowait=0.004, irq=0.001, softirq=0.002, system=0.008, user=0.010)
 
-#: The reference testbed's job flavours (DESIGN.md), idle CPUs included.
-FLAVOURS: dict[str, Flavour] = {
+#: The reference testbed's job flavours (DESIGN.md), idle CPUs included, by label.
+SIGNATURES: dict[str, FlavourSignature] = {
     f.name: f
     for f in [
-        Flavour("idle", 0, tuple(IDLE_SIGNATURE), 30, 0.6, weight=2.0),
-        Flavour("io_good", -1, tuple(_sig(idle=0.40, iowait=0.12, irq=0.01, softirq=0.05, system=0.17, user=0.25)), 45),
-        Flavour("io_bad", -1, tuple(_sig(idle=0.18, iowait=0.55, irq=0.01, softirq=0.04, system=0.14, user=0.08)), 45),
-        Flavour("mpi_2", 2, tuple(_sig(idle=0.02, irq=0.005, softirq=0.025, system=0.20, user=0.75)), 90),
-        Flavour("mpi_16", -1, tuple(_sig(idle=0.01, irq=0.01, softirq=0.07, system=0.42, user=0.49)), 90),
-        Flavour("reco_1t", 1, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        Flavour("reco_2t", 2, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        Flavour("reco_4t", 4, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        Flavour("reco_8t", 8, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        Flavour("fit_amplitude", -1, tuple(_sig(idle=0.08, irq=0.002, softirq=0.004, system=0.12, user=0.794)), 40),
-        Flavour("fit_mcmc", 1, tuple(_sig(idle=0.02, irq=0.001, nice=0.88, softirq=0.002, system=0.02, user=0.077)), 40),
-        Flavour("fit_minuit", 1, tuple(_sig(idle=0.30, irq=0.002, softirq=0.003, system=0.03, user=0.665)), 30),
+        FlavourSignature("idle", 0, tuple(IDLE_SIGNATURE), 30, 0.6, weight=2.0),
+        FlavourSignature("io_good", -1, tuple(_sig(idle=0.40, iowait=0.12, irq=0.01, softirq=0.05, system=0.17, user=0.25)), 45),
+        FlavourSignature("io_bad", -1, tuple(_sig(idle=0.18, iowait=0.55, irq=0.01, softirq=0.04, system=0.14, user=0.08)), 45),
+        FlavourSignature("mpi_2", 2, tuple(_sig(idle=0.02, irq=0.005, softirq=0.025, system=0.20, user=0.75)), 90),
+        FlavourSignature("mpi_16", -1, tuple(_sig(idle=0.01, irq=0.01, softirq=0.07, system=0.42, user=0.49)), 90),
+        FlavourSignature("reco_1t", 1, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        FlavourSignature("reco_2t", 2, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        FlavourSignature("reco_4t", 4, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        FlavourSignature("reco_8t", 8, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
+        FlavourSignature("fit_amplitude", -1, tuple(_sig(idle=0.08, irq=0.002, softirq=0.004, system=0.12, user=0.794)), 40),
+        FlavourSignature("fit_mcmc", 1, tuple(_sig(idle=0.02, irq=0.001, nice=0.88, softirq=0.002, system=0.02, user=0.077)), 40),
+        FlavourSignature("fit_minuit", 1, tuple(_sig(idle=0.30, irq=0.002, softirq=0.003, system=0.03, user=0.665)), 30),
     ]
 }
 
@@ -164,7 +166,7 @@ class SimulatedCluster(TelemetrySource):
     data_faults: DataFaultRates = field(default_factory=DataFaultRates)
     #: relative noise (log-normal sigma) of a CPU's mode split per interval
     noise: float = 0.25
-    flavours: tuple = tuple(FLAVOURS)
+    flavours: tuple = tuple(SIGNATURES)
     name: str = "simulator"
 
     def __post_init__(self):
@@ -179,10 +181,10 @@ class SimulatedCluster(TelemetrySource):
                 "must divide a day into whole scrapes and be at most an hour",
                 "use e.g. 1, 5, 15, 30 or 60 seconds",
             )
-        unknown = [f for f in self.flavours if f not in FLAVOURS]
+        unknown = [f for f in self.flavours if f not in SIGNATURES]
         if unknown:
             raise DidactError(
-                f"flavours {unknown}", "are not known job flavours", f"pick from {sorted(FLAVOURS)}"
+                f"flavours {unknown}", "are not known job flavours", f"pick from {sorted(SIGNATURES)}"
             )
         if self.fault_rate < 0:
             raise DidactError(f"fault_rate={self.fault_rate}", "must not be negative")
@@ -293,11 +295,11 @@ class SimulatedCluster(TelemetrySource):
     def _schedule(self, rng: np.random.Generator, T: int) -> list[tuple[int, int, str]]:
         """Back-to-back jobs covering the day: (start_step, end_step, flavour)."""
         names = list(self.flavours)
-        weights = np.array([FLAVOURS[n].weight for n in names])
+        weights = np.array([SIGNATURES[n].weight for n in names])
         weights = weights / weights.sum()
         jobs, t = [], 0
         while t < T:
-            f = FLAVOURS[names[rng.choice(len(names), p=weights)]]
+            f = SIGNATURES[names[rng.choice(len(names), p=weights)]]
             minutes = f.median_minutes * float(np.exp(f.sigma * rng.standard_normal()))
             steps = max(2, int(round(minutes * 60 / self.interval_s)))
             jobs.append((t, min(T, t + steps), f.name))
@@ -305,62 +307,29 @@ class SimulatedCluster(TelemetrySource):
         return jobs
 
     def _node(self, day: dt.date, i: int) -> dict:
-        """One node's day as arrays; counters laid out (mode, cpu, step)."""
+        """One node's day as arrays; counters laid out (mode, cpu, step).  The draws from
+        the node's generator happen in a fixed order (the steps below), so a day's data
+        are the same whatever else changes."""
         T, C, M = self.steps_per_day, self.cpus, len(CPU_MODES)
         name = self.node_name(i)
         rng = np.random.default_rng([self.seed, day.toordinal(), i])
         step_ms = int(round(self.interval_s * 1000))
         ts0 = day_bounds(day)[0].value // 1_000_000  # ms since epoch
 
-        # mean signature per (mode, cpu, step): the job's on its busy threads, idle elsewhere
-        mean = np.empty((M, C, T), dtype=np.float32)
-        mean[:] = IDLE_SIGNATURE.astype(np.float32)[:, None, None]
         jobs = self._schedule(rng, T)
-        for start, end, flav in jobs:
-            f = FLAVOURS[flav]
-            n = C if f.threads < 0 else min(f.threads, C)
-            if n == 0:
-                continue
-            busy = np.sort(rng.choice(C, size=n, replace=False))
-            sig = np.asarray(f.signature) * np.exp(0.1 * rng.standard_normal(M))  # this run's variant
-            mean[:, busy, start:end] = (sig / sig.sum()).astype(np.float32)[:, None, None]
-
-        # node-level rates per step (the job's signature, then faults override it)
-        rates = np.empty((T, len(NODE_COUNTERS)), dtype=np.float64)
-        mem = np.empty(T, dtype=np.float64)
-        for start, end, flav in jobs:
-            k = np.exp(0.15 * rng.standard_normal(len(NODE_COUNTERS)))
-            rates[start:end] = NODE_SIGNATURES[flav] * k
-            mem[start:end] = NODE_MEMORY_GB[flav] * float(np.exp(0.1 * rng.standard_normal()))
-
-        # labelled behavioural faults override the job on every thread
-        faults = []
-        kinds = list(FAULTS)
-        for _ in range(rng.poisson(self.fault_rate * 24)):
-            kind = kinds[rng.integers(len(kinds))]
-            length = max(2, int(rng.uniform(5, 30) * 60 / self.interval_s))
-            start = int(rng.integers(0, max(1, T - length)))
-            mean[:, :, start : start + length] = FAULTS[kind].astype(np.float32)[:, None, None]
-            rates[start : start + length] = NODE_SIGNATURES[kind]
-            faults.append((name, ts0 + start * step_ms, ts0 + (start + length) * step_ms, kind))
-
-        # per-interval noise around the mean, renormalised over modes
-        noise = rng.standard_normal((M, C, T), dtype=np.float32)
-        noise *= np.float32(self.noise)
-        noise -= np.float32(self.noise**2 / 2)
-        np.exp(noise, out=noise)
-        frac = mean
-        frac *= noise
-        del noise
-        frac /= frac.sum(axis=0, keepdims=True)
+        mean = self._job_means(rng, jobs, T)
+        rates, mem = _job_node_rates(rng, jobs, T)
+        faults = [(name, ts0 + s * step_ms, ts0 + e * step_ms, kind)
+                  for s, e, kind in self._behavioural_faults(rng, T, mean, rates)]  # fmt: skip
+        frac = self._noisy_fractions(rng, mean)
 
         # node counters: noisy rates × interval, accumulated from an uptime offset; gauges
         rates *= np.exp(0.2 * rng.standard_normal(rates.shape) - 0.02)
-        rates[:, 2] = np.minimum(rates[:, 2], 1.0)  # a disk is busy at most 100 % of the time
+        io = NODE_COUNTERS.index("disk_io_time")
+        rates[:, io] = np.clip(rates[:, io], 0.0, 1.0)  # a disk is busy at most 100 % of the time
         node_counters = np.cumsum(rates * self.interval_s, axis=0) + rng.uniform(1e6, 1e9, len(NODE_COUNTERS))
         busy = (1.0 - frac[_M["idle"]]).sum(axis=0, dtype=np.float64)  # runnable + blocked on IO
-        alpha = 1.0 - np.exp(-self.interval_s / 60.0)
-        load1 = _ema(busy, alpha)
+        load1 = _ema(busy, 1.0 - np.exp(-self.interval_s / 60.0))
         mem_bytes = mem * 1e9 * (1 + 0.01 * rng.standard_normal(T))
 
         # power from true utilisation (busy = neither idle nor waiting on IO)
@@ -376,41 +345,8 @@ class SimulatedCluster(TelemetrySource):
         counters += (rng.uniform(1, 60) * 86400 * IDLE_SIGNATURE)[:, None, None]
         ts = ts0 + np.arange(T, dtype=np.int64) * step_ms
 
-        # data faults at distinct slots, away from the day's edges
-        r = self.data_faults
-        want = {
-            "reboot": rng.poisson(r.reboot_per_node_day),
-            "missed": rng.poisson(r.missed_scrape * T),
-            "duplicate": rng.poisson(r.duplicate * T),
-            "out_of_order": rng.poisson(r.out_of_order * T),
-            "nan": rng.poisson(r.nan * T),
-            "clock_skew": rng.poisson(r.clock_skew * T),
-        }
-        n_slots = (T - 8) // _SLOT
-        slots = iter(4 + 2 + _SLOT * s for s in rng.permutation(n_slots))
-        counts = {k: 0 for k in _DATA_FAULT_KINDS}
-        keep = np.ones(T, dtype=bool)
-        order = np.arange(T)
-        repeats = np.ones(T, dtype=np.int64)
-        at: dict[str, list[int]] = {}
-        for kind in _DATA_FAULT_KINDS:
-            n = min(want[kind], n_slots - sum(counts.values()))
-            at[kind] = sorted(next(slots) for _ in range(n))
-            counts[kind] = n
-        for p in at["reboot"]:  # ascending: counters restart from zero, step p holds its own seconds
-            counters[:, :, p:] -= counters[:, :, p - 1 : p]
-            node_counters[p:] -= node_counters[p - 1]
-        keep[at["missed"]] = False
-        repeats[at["duplicate"]] += 1
-        for p in at["out_of_order"]:
-            order[p], order[p + 1] = order[p + 1], order[p]
-        for p in at["nan"]:
-            counters[rng.integers(M), rng.integers(C), p] = np.nan
-        ts[at["clock_skew"]] += int(SKEW_SHIFT * step_ms)
-
-        # rows in (cpu, arrival) order: `order` with its swaps, a duplicate right after itself
-        arrival = np.repeat(order, repeats[order])
-        arrival = arrival[keep[arrival]]
+        at, counts = self._data_fault_steps(rng, T)
+        keep, arrival = self._apply_data_faults(rng, at, ts, counters, node_counters, rates, step_ms)
         A = len(arrival)
         values = counters[:, :, arrival].reshape(M, C * A)
         # node-level rows: one per scrape that arrived (duplicates and reordering are the CPU rows' business)
@@ -430,10 +366,110 @@ class SimulatedCluster(TelemetrySource):
             "data_faults": counts,
         }
 
+    def _job_means(self, rng: np.random.Generator, jobs: list, T: int) -> np.ndarray:
+        """Mean signature per (mode, cpu, step): the job's on its busy threads, idle elsewhere."""
+        C, M = self.cpus, len(CPU_MODES)
+        mean = np.empty((M, C, T), dtype=np.float32)
+        mean[:] = IDLE_SIGNATURE.astype(np.float32)[:, None, None]
+        for start, end, flav in jobs:
+            f = SIGNATURES[flav]
+            n = C if f.threads < 0 else min(f.threads, C)
+            if n == 0:
+                continue
+            busy = np.sort(rng.choice(C, size=n, replace=False))
+            sig = np.asarray(f.signature) * np.exp(0.1 * rng.standard_normal(M))  # this run's variant
+            mean[:, busy, start:end] = (sig / sig.sum()).astype(np.float32)[:, None, None]
+        return mean
+
+    def _behavioural_faults(self, rng: np.random.Generator, T: int, mean: np.ndarray, rates: np.ndarray) -> list:
+        """Labelled behavioural faults override the job on every thread (and its node-level
+        rates), in place; returns their (start step, end step, kind)."""
+        out = []
+        kinds = list(FAULTS)
+        for _ in range(rng.poisson(self.fault_rate * 24)):
+            kind = kinds[rng.integers(len(kinds))]
+            length = max(2, int(rng.uniform(5, 30) * 60 / self.interval_s))
+            start = int(rng.integers(0, max(1, T - length)))
+            mean[:, :, start : start + length] = FAULTS[kind].astype(np.float32)[:, None, None]
+            rates[start : start + length] = NODE_SIGNATURES[kind]
+            out.append((start, start + length, kind))
+        return out
+
+    def _noisy_fractions(self, rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
+        """Per-interval noise around the mean, renormalised over modes (``mean`` is reused)."""
+        noise = rng.standard_normal(mean.shape, dtype=np.float32)
+        noise *= np.float32(self.noise)
+        noise -= np.float32(self.noise**2 / 2)
+        np.exp(noise, out=noise)
+        frac = mean
+        frac *= noise
+        del noise
+        frac /= frac.sum(axis=0, keepdims=True)
+        return frac
+
+    def _data_fault_steps(self, rng: np.random.Generator, T: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+        """Steps of each data-fault kind, at distinct slots away from the day's edges."""
+        r = self.data_faults
+        want = {
+            "reboot": rng.poisson(r.reboot_per_node_day),
+            "missed": rng.poisson(r.missed_scrape * T),
+            "duplicate": rng.poisson(r.duplicate * T),
+            "out_of_order": rng.poisson(r.out_of_order * T),
+            "nan": rng.poisson(r.nan * T),
+            "clock_skew": rng.poisson(r.clock_skew * T),
+        }
+        n_slots = (T - 8) // _SLOT
+        slots = iter(4 + 2 + _SLOT * s for s in rng.permutation(n_slots))
+        counts = {k: 0 for k in _DATA_FAULT_KINDS}
+        at: dict[str, list[int]] = {}
+        for kind in _DATA_FAULT_KINDS:
+            n = min(want[kind], n_slots - sum(counts.values()))
+            at[kind] = sorted(next(slots) for _ in range(n))
+            counts[kind] = n
+        return at, counts
+
+    def _apply_data_faults(self, rng, at, ts, counters, node_counters, rates, step_ms) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the data faults in place; returns (steps that arrived, CPU rows' step
+        order: ``order`` with its swaps, a duplicate right after itself, missed ones out)."""
+        T = len(ts)
+        M, C = counters.shape[:2]
+        keep = np.ones(T, dtype=bool)
+        order = np.arange(T)
+        repeats = np.ones(T, dtype=np.int64)
+        for p in at["reboot"]:  # ascending: counters restart from zero, step p holds its own seconds
+            counters[:, :, p:] -= counters[:, :, p - 1 : p]
+            node_counters[p:] -= node_counters[p - 1]
+        keep[at["missed"]] = False
+        repeats[at["duplicate"]] += 1
+        for p in at["out_of_order"]:
+            order[p], order[p + 1] = order[p + 1], order[p]
+        for p in at["nan"]:
+            counters[rng.integers(M), rng.integers(C), p] = np.nan
+        ts[at["clock_skew"]] += int(SKEW_SHIFT * step_ms)
+        # a skewed scrape's node-level counters are read at its (late) timestamp: without
+        # this the next interval held a whole interval's disk busy time in 0.6 of one, a
+        # busy rate up to 1.67 s/s that no disk can have (the CPU rows keep the skew as a
+        # data fault preprocessing counts; slots are spaced, so p + 1 is an ordinary step)
+        for p in at["clock_skew"]:
+            node_counters[p] += SKEW_SHIFT * self.interval_s * rates[p + 1]
+        arrival = np.repeat(order, repeats[order])
+        return keep, arrival[keep[arrival]]
+
+
+def _job_node_rates(rng: np.random.Generator, jobs: list, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """Node-level rates and memory in use (GB) per step: each job's signature, varied per run."""
+    rates = np.empty((T, len(NODE_COUNTERS)), dtype=np.float64)
+    mem = np.empty(T, dtype=np.float64)
+    for start, end, flav in jobs:
+        k = np.exp(0.15 * rng.standard_normal(len(NODE_COUNTERS)))
+        rates[start:end] = NODE_SIGNATURES[flav] * k
+        mem[start:end] = NODE_MEMORY_GB[flav] * float(np.exp(0.1 * rng.standard_normal()))
+    return rates, mem
+
 
 def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
     """Exponential moving average (the kernel's load average is one), started at x[0]."""
-    from scipy.signal import lfilter
+    from scipy.signal import lfilter  # lazy: scipy.signal takes ~0.5 s to import; only generation needs it
 
     y, _ = lfilter([alpha], [1.0, alpha - 1.0], x, zi=[(1.0 - alpha) * x[0]])
     return y

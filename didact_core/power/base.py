@@ -8,8 +8,9 @@ Redfish BMC) are :class:`SamplingPowerReader`\\ s: ``sample()`` returns the curr
 ones, and :func:`poll` / :class:`Poller` drive them on an interval.
 
 Energy counters (RAPL ``energy_uj``, node exporter ``node_rapl_*_joules_total``) become
-watts with :func:`counter_to_watts`, which handles the counter wrapping at its range and
-tells a wrap from a reset.
+watts with :func:`~didact_core.ingest.counters.counter_to_watts` (it lives in ingest, which the
+Prometheus source shares; re-exported here), which handles the counter wrapping at its
+range and tells a wrap from a reset.
 """
 
 from __future__ import annotations
@@ -23,48 +24,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from didact_core.ingest.counters import DEFAULT_MAX_WATTS, counter_to_watts  # noqa: F401 (re-exported)
 from didact_core.schema import RAW_POWER_COLUMNS, TS_DTYPE
 
 log = logging.getLogger(__name__)
-
-#: a wrapped delta implying more than this many watts for one zone is a reset instead
-DEFAULT_MAX_WATTS = 2000.0
-
-
-def counter_to_watts(
-    ts_ms: np.ndarray,
-    energy_j: np.ndarray,
-    max_range_j: float | None = None,
-    max_watts: float = DEFAULT_MAX_WATTS,
-) -> tuple[np.ndarray, int, int]:
-    """Watts over each interval of an energy counter: ``(watts[len-1], wraps, resets)``.
-
-    ``watts[i]`` is the mean power over ``(ts[i], ts[i+1]]``.  A negative step is a
-    **wrap** when ``max_range_j`` (the counter's range, RAPL's ``max_energy_range_uj``)
-    is known and the wrapped step ``range - before + after`` implies at most
-    ``max_watts``; otherwise it is a **reset** (reboot, driver reload) and that interval
-    has no watts (NaN).  Non-increasing timestamps also give NaN.
-    """
-    ts = np.asarray(ts_ms, dtype=np.int64)
-    e = np.asarray(energy_j, dtype=np.float64)
-    if len(ts) < 2:
-        return np.empty(0), 0, 0
-    de = np.diff(e)
-    dt_s = np.diff(ts) / 1000.0
-    neg = de < 0
-    wraps = 0
-    if neg.any() and max_range_j:
-        wrapped = de + max_range_j
-        with np.errstate(divide="ignore", invalid="ignore"):
-            plausible = (wrapped >= 0) & (wrapped / np.where(dt_s > 0, dt_s, np.nan) <= max_watts)
-        fix = neg & plausible
-        de = np.where(fix, wrapped, de)
-        wraps = int(fix.sum())
-        neg = neg & ~fix
-    resets = int(neg.sum())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        watts = np.where((dt_s > 0) & ~neg, de / np.where(dt_s > 0, dt_s, 1.0), np.nan)
-    return watts, wraps, resets
 
 
 def power_frame(ts, node, source, watts) -> pd.DataFrame:
