@@ -45,6 +45,7 @@ from didact_core.config import Settings  # noqa: E402
 from didact_core.errors import DidactError  # noqa: E402
 from didact_core.data.labels import read_labels  # noqa: E402
 from didact_core.data.warehouse import Warehouse  # noqa: E402
+from didact_core.schema import CPU_FRACTIONS  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--segments", type=int, default=45, help="segments to record (default 45 = 5 rounds of 9)")
     p.add_argument("--segment-seconds", type=float, default=60.0)
-    p.add_argument("--flavours", default=None, help=f"comma list (default all: {','.join(testbed.FLAVOURS)})")
+    p.add_argument("--flavours", default=None, help=f"comma list (default all: {','.join(testbed.WORKLOADS)})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", default=None, help="DIDACT_HOME to record into (default: a new temp folder)")
     p.add_argument("--prometheus-url", default=None, help="use this Prometheus instead of starting one")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = samples["label"].astype(str).value_counts()
     table = feats.groupby("label").agg(segments=("n", "size"))
     table["samples"] = counts.reindex(table.index).fillna(0).astype(int)
-    for c in ("idle", "iowait", "system", "user", "other", "busy_spread"):
+    for c in (*CPU_FRACTIONS, "busy_spread"):
         table[c] = feats.groupby("label")[c].mean().round(3)
     other = pd.DataFrame([(s.flavour, s.other_load) for s in rec.segments if s.labelled], columns=["label", "o"])
     if len(other):

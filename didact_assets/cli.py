@@ -9,11 +9,14 @@ import logging
 import os
 import subprocess
 import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from didact_assets import cli_args as args_
 from didact_core.config import Settings
 from didact_core.errors import DidactError
 
@@ -34,6 +37,17 @@ def _table(title: str, rows: list[dict]) -> Table:
 def last_days(n: int) -> list[str]:
     y = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     return [(y - dt.timedelta(days=i)).isoformat() for i in reversed(range(n))]
+
+
+def _didact_version() -> str:
+    try:
+        return version("didact")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _benchmarks() -> dict[str, Path]:
+    return {p.stem.removeprefix("bench_"): p for p in sorted((REPO / "bench").glob("bench_*.py"))}
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -112,16 +126,13 @@ def cmd_lineage(args, settings: Settings) -> int:
 
 def cmd_rollback(args, settings: Settings) -> int:
     if args.asset:
-        from didact_core.data.spine import parse_day
         from didact_core.data.warehouse import Warehouse
 
         if not args.partition or args.to is None:
             raise DidactError("didact rollback --asset", "needs --partition DAY and --to VERSION")
-        parse_day(args.partition)
         wh = Warehouse(settings.home_path)
-        to = int(str(args.to).lstrip("v"))
         before = wh.require(args.asset, args.partition)
-        info = wh.rollback(args.asset, args.partition, to, actor=args.actor or "", reason=args.reason or "")
+        info = wh.rollback(args.asset, args.partition, args.to, actor=args.actor or "", reason=args.reason or "")
         console.print(f"{args.asset}/{args.partition}: head v{before.version} → v{info.version} ({info.data_version})")
         return 0
     from didact_core.learn.continual import rollback_champion
@@ -208,43 +219,54 @@ def cmd_power(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_testbed(args, settings: Settings) -> int:
-    if args.action == "evaluate":
-        from didact_core.testbed import evaluation as testbed_eval
+def cmd_testbed_evaluate(args, settings: Settings) -> int:
+    from didact_core.testbed import evaluation as testbed_eval
 
-        days = args.days.split(",") if args.days else last_days(1)
-        console.print(f"evaluating on {', '.join(days)} with features {', '.join(settings.features)}, window {settings.window}")
-        r = testbed_eval.evaluate(settings, days, max_train=args.max_train, epochs=args.epochs)
-        rows = [{"flavour": f, "test samples": r["samples_by_flavour"].get(f, 0),
-                 "latent kNN": f"{r['latent_knn_by_flavour'].get(f, float('nan')):.3f}",
-                 "by segment": f"{r.get('latent_knn_by_segment_by_flavour', {}).get(f, float('nan')):.3f}",
-                 "open-set AUC": "–" if r["openset_auc_by_flavour"].get(f) is None else f"{r['openset_auc_by_flavour'][f]:.3f}"}
-                for f in r["flavours"]]  # fmt: skip
-        console.print(_table("per flavour", rows))
-        console.print(
-            f"latent-2 kNN accuracy {r['latent_knn_accuracy']:.3f}, by segment "
-            f"{r.get('latent_knn_accuracy_by_segment', float('nan')):.3f} (PCA-2 {r['pca2_knn_accuracy']:.3f}, "
-            f"raw features {r['raw_knn_accuracy']:.3f}); open-set AUC {r['openset_auc']:.3f}; "
-            f"{r['n_params']} parameters; MLflow run {r.get('mlflow_run_id', '')}"
-        )
-        return 0
-    from didact_core.testbed import recorder as testbed
+    if args.seed is not None:  # the evaluation's splits, sampling and model initialisation
+        settings = settings.replace(seed=args.seed)
+    days = args.days or last_days(1)
+    console.print(f"evaluating on {', '.join(days)} with features {', '.join(settings.features)}, "
+                  f"window {settings.window}, seed {settings.seed}")  # fmt: skip
+    r = testbed_eval.evaluate(settings, days, max_train=args.max_train, epochs=args.epochs)
+    rows = [{"flavour": f, "test samples": r["samples_by_flavour"].get(f, 0),
+             "latent kNN": f"{r['latent_knn_by_flavour'].get(f, float('nan')):.3f}",
+             "by segment": f"{r.get('latent_knn_by_segment_by_flavour', {}).get(f, float('nan')):.3f}",
+             "open-set AUC": "–" if r["openset_auc_by_flavour"].get(f) is None else f"{r['openset_auc_by_flavour'][f]:.3f}"}
+            for f in r["flavours"]]  # fmt: skip
+    console.print(_table("per flavour", rows))
+    console.print(
+        f"latent-2 kNN accuracy {r['latent_knn_accuracy']:.3f}, by segment "
+        f"{r.get('latent_knn_accuracy_by_segment', float('nan')):.3f} (PCA-2 {r['pca2_knn_accuracy']:.3f}, "
+        f"raw features {r['raw_knn_accuracy']:.3f}); open-set AUC {r['openset_auc']:.3f}; "
+        f"{r['n_params']} parameters; MLflow run {r.get('mlflow_run_id', '')}"
+    )
+    return 0
 
-    if args.action == "record":
-        rec = testbed.record(
-            args.minutes, flavours=args.flavours, segment_seconds=args.segment_seconds, out_csv=args.out,
-            prometheus_url=args.prometheus_url, node_name=args.node_name, seed=args.seed,
-            progress=lambda ev: ev.kind == "tick" or console.print(testbed.format_event(ev), highlight=False),
-            segments=args.segments, settings=settings, io_dir=args.io_dir,
-        )  # fmt: skip
-        console.print(f"{sum(s.labelled for s in rec.segments)} labelled segments of {rec.node} in {rec.labels_csv}; "
-                      "next: didact testbed ingest")  # fmt: skip
-        return 130 if rec.interrupted else 0
-    if args.action == "ingest":
-        days = [dt.date.fromisoformat(d) for d in args.day] if args.day else None
-        console.print(_table("ingested", testbed.ingest_recording(settings, args.labels, days, args.prometheus_url)))
-        return 0
-    import time
+
+def cmd_testbed_record(args, settings: Settings) -> int:
+    from didact_core import testbed
+
+    rec = testbed.record(
+        args.minutes, flavours=args.flavours, segment_seconds=args.segment_seconds, out_csv=args.out,
+        prometheus_url=args.prometheus_url, node_name=args.node_name, seed=args.seed,
+        progress=lambda ev: ev.kind == "tick" or console.print(testbed.format_event(ev), highlight=False),
+        segments=args.segments, settings=settings, io_dir=args.io_dir,
+    )  # fmt: skip
+    console.print(f"{sum(s.labelled for s in rec.segments)} labelled segments of {rec.node} in {rec.labels_csv}; "
+                  "next: didact testbed ingest")  # fmt: skip
+    return 130 if rec.interrupted else 0
+
+
+def cmd_testbed_ingest(args, settings: Settings) -> int:
+    from didact_core import testbed
+
+    days = [dt.date.fromisoformat(d) for d in args.day] if args.day else None
+    console.print(_table("ingested", testbed.ingest_recording(settings, args.labels, days, args.prometheus_url)))
+    return 0
+
+
+def cmd_testbed_serve(args, settings: Settings) -> int:
+    from didact_core import testbed
 
     with testbed.serve_recording(settings, port=args.port) as url:  # until Ctrl-C
         console.print(f"serving {testbed.tsdb_dir(settings)} on {url}: "
@@ -254,7 +276,7 @@ def cmd_testbed(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from didact_core.serve.service import serve_from_args
+    from didact_core.serve.cli import serve_from_args  # lazy: torch
 
     return serve_from_args(args, settings)
 
@@ -270,8 +292,7 @@ def cmd_ui(args, settings: Settings) -> int:
 
 
 def cmd_bench(args, settings: Settings) -> int:
-    scripts = sorted((REPO / "bench").glob("bench_*.py"))
-    names = {p.stem.removeprefix("bench_"): p for p in scripts}
+    names = _benchmarks()
     if args.name not in names:
         raise DidactError(f"benchmark {args.name!r}", "does not exist", f"choose from {', '.join(names)}")
     return subprocess.call([sys.executable, str(names[args.name]), *args.rest], cwd=REPO)
@@ -287,93 +308,135 @@ def build_parser() -> argparse.ArgumentParser:
         "(default ./.didact); every DIDACT_* env var overrides a setting.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"didact {_didact_version()}",
+                   help="print didact's version and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data_parsers(sub)
 
-    d = sub.add_parser("demo", help="run the nightly job for the last days (simulated cluster by default)")
-    d.add_argument("--days", type=int, default=3, help="how many days, ending yesterday (default 3)")
-    d.add_argument("--nodes", type=int, help="simulated nodes (DIDACT_NODES, default 16)")
-    d.add_argument("--job", default="nightly", choices=["nightly", "data_spine"])
-    d.add_argument("--log-level", default="WARNING", help="Dagster console log level (default WARNING)")
-    d.set_defaults(func=cmd_demo)
-
-    lg = sub.add_parser("lineage", help="print the lineage of an asset (partition)")
-    lg.add_argument("asset")
-    lg.add_argument("partition", nargs="?")
-    lg.set_defaults(func=cmd_lineage)
-
-    rb = sub.add_parser("rollback", help="roll a data partition or the champion model back")
-    rb.add_argument("--asset", help="data asset to roll back (omit to roll back the champion model)")
-    rb.add_argument("--partition", help="day of the data partition")
-    rb.add_argument("--to", help="version to restore (data: vN or N; model: registry version; "
-                    "default for the model: the previous champion)")  # fmt: skip
-    rb.add_argument("--reason", default="", help="why (recorded in lineage)")
-    rb.add_argument("--actor", default="", help="who (default: your login)")
-    rb.set_defaults(func=cmd_rollback)
-
-    pr = sub.add_parser("prune", help="delete stored partition versions beyond the newest N")
-    pr.add_argument("--keep", type=int, required=True)
-    pr.add_argument("--asset")
-    pr.set_defaults(func=cmd_prune)
-
-    st = sub.add_parser("status", help="what is stored: partitions, versions, models")
-    st.set_defaults(func=cmd_status)
-
-    from didact_core.serve.service import add_serve_arguments
+    # lazy: serving imports torch (seconds); only the parser needs its options here
+    from didact_core.serve.cli import add_serve_arguments
 
     sv = sub.add_parser("serve", help="score every node live with the champion, export /metrics (127.0.0.1:9108)")
     add_serve_arguments(sv)
     sv.set_defaults(func=cmd_serve)
 
     rv = sub.add_parser("review", help="vet out-of-distribution events: list, accept ID, reject ID")
-    rv.add_argument("action", choices=["list", "accept", "reject"])
-    rv.add_argument("id", nargs="?", type=int, help="event id (accept/reject)")
+    rv.add_argument("action", choices=["list", "accept", "reject"], help="list events, or give a verdict on one")
+    rv.add_argument("id", nargs="?", type=args_.int_at_least(1, "accept 12"), help="event id (accept/reject)")
     rv.add_argument("--reason", default="", help="why (required for accept/reject)")
     rv.add_argument("--actor", default="", help="who (default: your login)")
-    rv.add_argument("--status", default="pending", choices=["pending", "accepted", "rejected", "all"])
-    rv.add_argument("--limit", type=int, default=50)
+    rv.add_argument("--status", default="pending", choices=["pending", "accepted", "rejected", "all"],
+                    help="list: events with this status (default pending)")  # fmt: skip
+    rv.add_argument("--limit", type=args_.int_at_least(1, "--limit 50"), default=50,
+                    help="list: at most this many events, newest first (default 50)")  # fmt: skip
     rv.set_defaults(func=cmd_review)
 
     pw = sub.add_parser("power", help="record power from RAPL, NVML and Redfish BMCs for power_profiles")
-    pw.add_argument("action", choices=["record"])
-    pw.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
-    pw.add_argument("--flush", type=float, default=300.0, help="seconds between spool files")
-    pw.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    pw.add_argument("action", choices=["record"], help="record: poll the readers into the spool")
+    pw.add_argument("--interval", type=args_.positive_float("--interval 5"), default=5.0, help="seconds between samples")
+    pw.add_argument("--flush", type=args_.positive_float("--flush 300"), default=300.0, help="seconds between spool files")
+    pw.add_argument("--seconds", type=args_.positive_float("--seconds 60"), default=None,
+                    help="stop after this long (default: until Ctrl-C)")  # fmt: skip
     pw.set_defaults(func=cmd_power)
 
-    tb = sub.add_parser("testbed", help="record real, labelled workloads on this node; ingest them; "
-                        "evaluate how well a model separates the flavours")  # fmt: skip
-    tb.add_argument("action", choices=["record", "ingest", "serve", "evaluate"])
-    tb.add_argument("--minutes", type=float, default=30.0, help="record: length, rounded to whole rounds "
-                    "(every flavour once per round)")  # fmt: skip
-    tb.add_argument("--segments", type=int, help="record: number of segments instead of --minutes")
-    tb.add_argument("--flavours", help="record: comma list (default all: idle,io_good,io_bad,cpu_1,cpu_n,memory,"
-                    "ctx_switch,mpi_compute,mpi_comm)")  # fmt: skip
-    tb.add_argument("--segment-seconds", type=float, default=60.0)
-    tb.add_argument("--out", help="record: labels CSV (default $DIDACT_HOME/testbed/labels.csv; rows there are kept)")
-    tb.add_argument("--prometheus-url", help="record: a Prometheus that already scrapes this node (default: start "
-                    "node exporter + Prometheus on 127.0.0.1, data kept in $DIDACT_HOME/testbed/prometheus); "
-                    "ingest: read from it")  # fmt: skip
-    tb.add_argument("--node-name", help="the node's name in Prometheus (default: host name, or from the targets)")
-    tb.add_argument("--seed", type=int)
-    tb.add_argument("--io-dir", help="record: where IO flavours write (a disk, not tmpfs)")
-    tb.add_argument("--labels", help="ingest: labels CSV (default $DIDACT_HOME/testbed/labels.csv)")
-    tb.add_argument("--day", action="append", help="ingest: UTC day YYYY-MM-DD, repeatable (default: the CSV's days)")
-    tb.add_argument("--port", type=int, default=9090, help="serve: port on 127.0.0.1")
-    tb.add_argument("--days", help="evaluate: comma-separated days (default yesterday)")
-    tb.add_argument("--max-train", type=int, default=60_000, help="evaluate: training samples")
-    tb.add_argument("--epochs", type=int, default=None, help="evaluate: training epochs")
-    tb.set_defaults(func=cmd_testbed)
+    _add_testbed_parser(sub)
 
     ui = sub.add_parser("ui", help="start the Dagster UI and daemon (dagster dev) on 127.0.0.1")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=args_.port, default=3000, help="port (default 3000)")
     ui.set_defaults(func=cmd_ui)
 
-    b = sub.add_parser("bench", help="run a benchmark from bench/ (pipeline, training, prometheus, scoring)")
-    b.add_argument("name")
+    names = ", ".join(_benchmarks())
+    b = sub.add_parser("bench", help=f"run a benchmark from bench/ ({names})",
+                       description=f"Run a benchmark from bench/ and print its figures. Benchmarks: {names}; "
+                       "`didact bench NAME --help` shows a benchmark's own options.")  # fmt: skip
+    b.add_argument("name", help=f"the benchmark: {names}")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _add_data_parsers(sub) -> None:
+    """``didact demo|lineage|rollback|prune|status``: runs and the stored data."""
+    d = sub.add_parser("demo", help="run the nightly job for the last days (simulated cluster by default)")
+    d.add_argument("--days", type=args_.int_at_least(1, "--days 3"), default=3,
+                   help="how many days, ending yesterday (default 3)")  # fmt: skip
+    d.add_argument("--nodes", type=args_.int_at_least(1, "--nodes 16"), help="simulated nodes (DIDACT_NODES, default 16)")
+    d.add_argument("--job", default="nightly", choices=["nightly", "data_spine"],
+                   help="nightly: data and model (default); data_spine: raw → labels → AI-ready only")  # fmt: skip
+    d.add_argument("--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="Dagster console log level (default WARNING)")  # fmt: skip
+    d.set_defaults(func=cmd_demo)
+
+    lg = sub.add_parser("lineage", help="print the lineage of an asset (partition)")
+    lg.add_argument("asset", help="asset name, e.g. ai_ready_metrics (didact status lists the stored ones)")
+    lg.add_argument("partition", nargs="?", type=args_.day, help="day YYYY-MM-DD (default: every partition)")
+    lg.set_defaults(func=cmd_lineage)
+
+    rb = sub.add_parser("rollback", help="roll a data partition or the champion model back")
+    rb.add_argument("--asset", help="data asset to roll back (omit to roll back the champion model)")
+    rb.add_argument("--partition", type=args_.day, help="day of the data partition, YYYY-MM-DD")
+    rb.add_argument("--to", type=args_.version_number, help="version to restore (data: vN or N; model: registry version; "
+                    "default for the model: the previous champion)")  # fmt: skip
+    rb.add_argument("--reason", default="", help="why (recorded in lineage)")
+    rb.add_argument("--actor", default="", help="who (default: your login)")
+    rb.set_defaults(func=cmd_rollback)
+
+    pr = sub.add_parser("prune", help="delete stored partition versions beyond the newest N")
+    pr.add_argument("--keep", type=args_.int_at_least(1, "--keep 3"), required=True,
+                    help="versions to keep per partition, newest first (at least 1; a head is never deleted)")  # fmt: skip
+    pr.add_argument("--asset", help="prune only this asset (default: every asset)")
+    pr.set_defaults(func=cmd_prune)
+
+    st = sub.add_parser("status", help="what is stored: partitions, versions, models")
+    st.set_defaults(func=cmd_status)
+
+
+def _add_testbed_parser(sub) -> None:
+    """``didact testbed record|ingest|serve|evaluate``, each with its own options."""
+    tb = sub.add_parser("testbed", help="record real, labelled workloads on this node; ingest them; "
+                        "evaluate how well a model separates the flavours",
+                        description="Record real, labelled workloads on this node, ingest the recording into "
+                        "DIDACT_HOME, serve its TSDB, or evaluate a model on it.")  # fmt: skip
+    tsub = tb.add_subparsers(dest="action", required=True, metavar="{record,ingest,serve,evaluate}")
+
+    rec = tsub.add_parser("record", help="run the workloads back to back while Prometheus scrapes this node")
+    rec.add_argument("--minutes", type=args_.positive_float("--minutes 30"), default=30.0,
+                     help="length, rounded to whole rounds (every flavour once per round; default 30)")  # fmt: skip
+    rec.add_argument("--segments", type=args_.int_at_least(1, "--segments 9"), help="number of segments instead of --minutes")
+    rec.add_argument("--flavours", help="comma list (default all: idle,io_good,io_bad,cpu_1,cpu_n,memory,"
+                     "ctx_switch,mpi_compute,mpi_comm)")  # fmt: skip
+    rec.add_argument("--segment-seconds", type=args_.positive_float("--segment-seconds 60"), default=60.0,
+                     help="seconds each segment runs one flavour (default 60)")  # fmt: skip
+    rec.add_argument("--out", help="labels CSV (default $DIDACT_HOME/testbed/labels.csv; rows there are kept)")
+    rec.add_argument("--prometheus-url", help="a Prometheus that already scrapes this node (default: start node "
+                     "exporter + Prometheus on 127.0.0.1, data kept in $DIDACT_HOME/testbed/prometheus)")  # fmt: skip
+    rec.add_argument("--node-name", help="the node's name in Prometheus (default: the host name, or the target "
+                     "of --prometheus-url that scrapes this host)")  # fmt: skip
+    rec.add_argument("--seed", type=int, help="seed of the segments' random order (default: a random one, printed)")
+    rec.add_argument("--io-dir", help="where IO flavours write (a disk, not tmpfs; default $DIDACT_HOME/testbed)")
+    rec.set_defaults(func=cmd_testbed_record)
+
+    ing = tsub.add_parser("ingest", help="run raw → labels → AI-ready for the recorded days")
+    ing.add_argument("--labels", help="labels CSV (default $DIDACT_HOME/testbed/labels.csv)")
+    ing.add_argument("--day", action="append", type=args_.day,
+                     help="UTC day YYYY-MM-DD, repeatable (default: the days the CSV's labels touch)")  # fmt: skip
+    ing.add_argument("--prometheus-url", help="read from this Prometheus (default: serve the recorder's stored "
+                     "TSDB for the duration)")  # fmt: skip
+    ing.set_defaults(func=cmd_testbed_ingest)
+
+    srv = tsub.add_parser("serve", help="serve the stored TSDB on 127.0.0.1 for the Dagster path (until Ctrl-C)")
+    srv.add_argument("--port", type=args_.port, default=9090, help="port on 127.0.0.1 (default 9090)")
+    srv.set_defaults(func=cmd_testbed_serve)
+
+    ev = tsub.add_parser("evaluate", help="train on ingested days; how well the latent separates the flavours")
+    ev.add_argument("--days", type=args_.days, help="comma-separated days YYYY-MM-DD (default yesterday)")
+    ev.add_argument("--max-train", type=args_.int_at_least(1, "--max-train 60000"), default=60_000,
+                    help="training samples at most (default 60000)")  # fmt: skip
+    ev.add_argument("--epochs", type=args_.int_at_least(1, "--epochs 20"), default=None,
+                    help="training epochs (default: DIDACT_MODEL_MAX_EPOCHS)")  # fmt: skip
+    ev.add_argument("--seed", type=int, help="seed of the splits, sampling and model (default: DIDACT_SEED)")
+    ev.set_defaults(func=cmd_testbed_evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:

