@@ -23,7 +23,7 @@
    node-level metrics, pairs them, joins their rates (``preprocess``) and builds the
    lags from the rolling window buffer (four polls first, so every series has history).
 3. **/metrics scrape time for 1,000 nodes** (``--scrape-nodes`` x ``--cpus``): the real
-   ``python -m didact_core.serve.service`` in a subprocess (a temporary DIDACT_HOME whose
+   ``python -m didact_core.serve.cli`` in a subprocess (a temporary DIDACT_HOME whose
    registry holds the benchmark model as champion, the simulated feed), HTTP GET
    ``/metrics`` ``--scrape-repeats`` times while it keeps scoring every 2 s; median, p99
    and the body size.  Twice: with the default cardinality cap (8,000 node-CPU series >
@@ -56,9 +56,9 @@ from didact_core.ingest.live import SimulatedLiveFeed
 from didact_core.learn.models import ModelConfig, hidden_for
 from didact_core.learn.detector import Detector
 from didact_core.data.preprocess import feature_columns, preprocess
-from didact_core.serve.service import LoadedModel, Scorer, ServingMetrics
+from didact_core.serve import LoadedModel, Scorer, ServingMetrics
 from didact_core.ingest.simulator import SimulatedCluster
-from didact_core.testbed.recorder import free_port
+from didact_core.testbed import free_port
 
 
 def stats_ms(seconds: list[float]) -> tuple[float, float, float]:
@@ -172,7 +172,7 @@ def bench_scrape(det: Detector, nodes: int, cpus: int, repeats: int, cap: int, w
     argv = [
         sys.executable,
         "-m",
-        "didact_core.serve.service",
+        "didact_core.serve.cli",
         "--port",
         str(port),
         "--interval",

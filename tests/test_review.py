@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
@@ -11,6 +9,7 @@ from didact_assets.cli import main as didact_cli
 from didact_core.learn import continual
 from didact_core.data import spine as pipeline
 from didact_core.errors import DidactError
+from didact_core.learn.centroids import FlavourLookup
 from didact_core.learn.registry import ModelRegistry
 from didact_core.data.review import ACCEPTED_WEIGHT, ReviewQueue
 
@@ -47,7 +46,7 @@ def test_verdicts_change_the_next_training_set(msettings, monkeypatch, capsys):
     sample = continual.load_split(continual.Warehouse(msettings.home_path), days[1], "train",
                                   msettings.max_train_samples, msettings)  # fmt: skip
     picked = sample.iloc[[10, 500, 1500]]
-    queue = ReviewQueue(msettings)
+    queue = ReviewQueue(msettings, nearest_flavour=FlavourLookup(msettings))
     ids = queue.add_events(pd.DataFrame([event_from(r, features) for _, r in picked.iterrows()]))
     assert len(queue.list()) == 3
     assert queue.list()["nearest_flavour"].notna().all()  # from the model's latent centroids

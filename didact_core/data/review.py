@@ -20,6 +20,7 @@ import datetime as dt
 import getpass
 import json
 import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -64,18 +65,28 @@ CREATE TABLE IF NOT EXISTS scoring_stats (
 """
 
 
+#: ``lookup(model_version, latent point)`` -> the nearest job flavour, or None; e.g.
+#: :class:`didact_core.learn.centroids.FlavourLookup` (injected: data imports nothing from learn)
+FlavourLookupFn = Callable[[int, Sequence[float]], str | None]
+
+
 class ReviewQueue:
-    def __init__(self, settings: Settings):
+    """``nearest_flavour``: how :meth:`add_events` names the nearest job flavour of an event
+    that comes without one (from its model version and latent point); without it such events
+    keep an empty ``nearest_flavour`` (serving's events always carry theirs)."""
+
+    def __init__(self, settings: Settings, nearest_flavour: FlavourLookupFn | None = None):
         self.settings = settings
         self.wh = Warehouse(settings.home_path, settings.retention_versions)
-        self._centroids: dict[int, dict] = {}
+        self.nearest_flavour = nearest_flavour
         with self.wh.catalog(write=True) as con:
             con.execute(_SCHEMA)
 
     # -- serving side ---------------------------------------------------------------
     def add_events(self, events: pd.DataFrame) -> list[int]:
         """Store OOD events (columns ts, node, cpu, score, threshold, model_version,
-        features, latent_0, latent_1; ``nearest_flavour`` is filled in when missing).
+        features, latent_0, latent_1; ``nearest_flavour`` is filled in when missing and the
+        queue has a lookup).
         Returns their ids."""
         if events is None or events.empty:
             return []
@@ -117,22 +128,9 @@ class ReviewQueue:
         """The job flavour whose latent centroid (stored with the model version) is nearest."""
         v = _int(event.get("model_version"))
         z = (_float(event.get("latent_0")), _float(event.get("latent_1")))
-        if v is None or None in z:
+        if self.nearest_flavour is None or v is None or None in z:
             return None
-        if v not in self._centroids:
-            try:
-                from didact_core.learn.registry import ModelRegistry
-
-                tag = ModelRegistry(self.settings).version(v).tags.get("centroids", "{}")
-                self._centroids[v] = json.loads(tag)
-            except (DidactError, ValueError):
-                self._centroids[v] = {}
-        cents = self._centroids[v]
-        if not cents:
-            return None
-        names = list(cents)
-        d = np.linalg.norm(np.asarray([cents[n] for n in names]) - np.asarray(z), axis=1)
-        return names[int(np.argmin(d))]
+        return self.nearest_flavour(v, z)
 
     # -- operator side ----------------------------------------------------------------
     def list(self, status: str | None = "pending", limit: int = 100, day: str | None = None) -> pd.DataFrame:
