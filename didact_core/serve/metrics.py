@@ -30,6 +30,8 @@ plus ``cpu`` only while nodes × CPUs ≤ ``cpu_label_cap``::
     didact_model_latent_knn_accuracy           its latent kNN accuracy of job flavours
     didact_model_fault_roc_auc                 its ROC AUC on labelled faults (when evaluated)
     didact_model_train_loss / _val_loss        the last epoch of its training run
+    didact_model_day_timestamp_seconds         UTC midnight of the day it was trained on (0: no
+                                               model, or a version without a ``day`` tag)
     didact_serving_info{feed,model}            1
 
 The exposition is rendered by whoever changes the state — the scoring loop once per
@@ -91,6 +93,7 @@ class ServingMetrics:
         self.feed_up.set(0)
         self.registry_up.set(0)
         self.champion_version.set(0)
+        self.model_day.set(0)
         self._render_lock = threading.Lock()
         self._node_text: tuple[int, bytes] = (-1, b"")
         self._exposition: tuple[bytes, bytes] = (b"", b"")
@@ -167,6 +170,12 @@ class ServingMetrics:
                 "didact_model_val_loss", "Last validation loss of the served model", registry=r
             ),
         }
+        # the nightly-missing alert: a champion that stays on an old day means nights failed
+        self.model_day = pc.Gauge(
+            "didact_model_day_timestamp_seconds",
+            "UTC midnight of the day the served model was trained on (0: none or unknown)",
+            registry=r,
+        )
         self.info = pc.Gauge(
             "didact_serving_info",
             "The serving process: live feed and registered model",
@@ -179,6 +188,7 @@ class ServingMetrics:
         self.champion_version.set(model.version)
         self.threshold.set(model.threshold)
         self.reloads.inc()
+        self.model_day.set(float(model.facts.get("day_timestamp_seconds") or 0.0))
         for name, gauge in self.facts.items():
             v = model.facts.get(name)
             gauge.set(float(v) if v is not None else float("nan"))

@@ -3,6 +3,8 @@ that the exporter shows (its training and evaluation metrics from MLflow)."""
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import json
 import logging
 import time
@@ -25,7 +27,8 @@ class LoadedModel:
 
     detector: object
     version: int
-    #: MLflow metrics of the version (holdout_error, latent_knn_accuracy, …), what could be read
+    #: MLflow metrics of the version (holdout_error, latent_knn_accuracy, …) and the UTC midnight
+    #: of its training day (day_timestamp_seconds), what could be read
     facts: dict = field(default_factory=dict)
     #: job flavour -> latent centroid (the version's ``centroids`` tag), for the review queue
     centroids: dict = field(default_factory=dict)
@@ -107,13 +110,15 @@ class LoadedModel:
 
 
 def model_facts(reg, version: int) -> dict:
-    """Cheap MLflow facts of a version: its training run's last metrics and, when the
-    version was evaluated (model_evaluation), the evaluation's held-out metrics."""
+    """Cheap MLflow facts of a version: the day it was trained on (its ``day`` tag, as
+    ``day_timestamp_seconds``), its training run's last metrics and, when the version was
+    evaluated (model_evaluation), the evaluation's held-out metrics."""
     from mlflow.exceptions import MlflowException  # lazy: mlflow is heavy to import
 
     facts: dict = {}
     try:
         info = reg.version(version)
+        facts["day_timestamp_seconds"] = day_timestamp(info.tags.get("day"))
         if info.run_id:
             m = reg.client.get_run(info.run_id).data.metrics
             for k in ("train_loss", "val_loss"):
@@ -147,6 +152,19 @@ def model_facts(reg, version: int) -> dict:
     except (DidactError, MlflowException, OSError, ValueError) as e:
         log.info("model v%d: some MLflow facts unavailable (%s)", version, short_error(e))
     return facts
+
+
+def day_timestamp(day: str | None) -> float:
+    """UTC midnight of ``day`` ("YYYY-MM-DD", a version's ``day`` tag) in Unix seconds; 0 when
+    the version has no such tag (registered by hand) or it is not a date."""
+    if not day:
+        return 0.0
+    try:
+        date = dt.date.fromisoformat(day)
+    except ValueError:
+        log.info("model day tag %r is not a YYYY-MM-DD date; exporting day 0", day)
+        return 0.0
+    return float(calendar.timegm(date.timetuple()))
 
 
 def short_error(e: BaseException) -> str:
