@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from didact_core import pipeline  # noqa: E402
+from didact_core.data import spine as pipeline  # noqa: E402
 from didact_core.config import Settings  # noqa: E402
 
 

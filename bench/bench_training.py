@@ -132,7 +132,7 @@ def fresh_model(cfg: ModelConfig):
         return build_model(cfg)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--epochs", type=int, default=2)
@@ -146,6 +146,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.epochs, args.no_compile, args.a_seconds, args.rounds = 200_000, 1, True, 5.0, 1
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ModelConfig()
@@ -190,6 +195,13 @@ def main(argv=None) -> int:
     if args.bf16:
         variants.append(("(c bf16) same, bf16 autocast", "off", True))
     rows += [["(b) DataLoader, TensorDataset", 0, 0.0, 0.0, None]] + [[v[0], 0, 0.0, 0.0, None] for v in variants]
+    round_rates = run_rounds(rows, variants, X, Xt, cfg, args)
+    report(rows, round_rates, cfg, args, flops, ceiling, params, load0)
+    return 0
+
+
+def run_rounds(rows: list, variants: list, X, Xt, cfg: ModelConfig, args) -> dict[str, list[float]]:
+    """(b) and (c) rows, best round each (updated in ``rows``); the rates of every round."""
     round_rates: dict[str, list[float]] = {r[0]: [] for r in rows[1:]}
     for rnd in range(args.rounds):
         g = torch.Generator().manual_seed(cfg.seed)
@@ -211,6 +223,15 @@ def main(argv=None) -> int:
                 row[1:] = [res.samples_seen, res.seconds, steady, evaluate_loss(model_c, Xt)]
         print(f"# round {rnd + 1}/{args.rounds}: " + ", ".join(f"{r[0].split()[0]} {r[3]:,.0f}" for r in rows[1:]),
               flush=True)
+    return round_rates
+
+
+def report(rows: list, round_rates: dict, cfg: ModelConfig, args, flops: float, ceiling: float, params: int,
+           load0) -> None:  # fmt: skip
+    """The table, the speed-ups and the machine's state, on stdout."""
+
+    def limit_frac(sps: float) -> float:
+        return sps * 6 * params / flops
 
     flops_end = matmul_flops()
     ceiling = max(ceiling, model_gemm_ceiling(cfg))
@@ -241,7 +262,6 @@ def main(argv=None) -> int:
         print(f"# WARNING: the machine was busy (matmul rate moved by >10%, or a row's rounds differ by "
               f"{spread - 1:.0%} > 15%): "
               "rows were slowed unequally, rerun on an idle machine before quoting these figures")
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 
 import dagster as dg
 
-from didact_core.learn import continual
-
 from .resources import DidactResource
 
 
@@ -17,7 +15,10 @@ class RollbackConfig(dg.Config):
 
 @dg.op(description="Move the champion alias back; recorded in lineage with who, when and why.")
 def rollback_champion_op(context: dg.OpExecutionContext, config: RollbackConfig, didact: DidactResource) -> dict:
-    res = continual.rollback_champion(
+    # lazy: the registry loads models with torch (2 s); every step process loads these definitions
+    from didact_core.learn import champion
+
+    res = champion.rollback_champion(
         didact.settings(), to_version=config.to_version, actor=config.actor, reason=config.reason
     )
     context.log.info(f"champion v{res['from']} → v{res['to']}")

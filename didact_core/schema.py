@@ -25,8 +25,21 @@ RAW_CPU_COLUMNS = KEY_COLUMNS + CPU_MODES
 RAW_POWER_COLUMNS = ("ts", "node", "source", "watts")
 #: job labels: which job flavour ran on which node when (end exclusive)
 LABEL_COLUMNS = ("node", "start", "end", "label")
+#: the AI-ready ``label`` of a sample that no labelled interval covers
+NO_LABEL = "unknown"
+#: how tables, plots and power profiles show a sample without a job label
+UNLABELLED = "(unlabelled)"
+#: raw label values that mean "no label": the AI-ready default, the display value, empty,
+#: and missing values written out as text (a CSV or a str() of NaN/None/pd.NA)
+NO_LABEL_MARKERS: tuple[str, ...] = (NO_LABEL, UNLABELLED, "", "nan", "None", "<NA>")
 
 TS_DTYPE = "datetime64[ms, UTC]"
+
+
+def has_label(labels) -> np.ndarray:
+    """True where a label names a job flavour: not missing, not one of :data:`NO_LABEL_MARKERS`."""
+    ser = pd.Series(np.asarray(labels, dtype=object))
+    return (ser.notna() & ~ser.astype(str).isin(NO_LABEL_MARKERS)).to_numpy()
 
 
 def empty_raw_cpu() -> pd.DataFrame:

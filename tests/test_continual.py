@@ -23,7 +23,7 @@ from didact_core.errors import DidactError, RegistryError
 from didact_core.learn.registry import CHAMPION, ModelRegistry
 from didact_core.data.warehouse import Warehouse
 
-from .conftest import last_days
+from .days import fixed_days
 
 ALL = [telemetry.raw_node_metrics, telemetry.job_labels, telemetry.ai_ready_metrics,
        models.champion_model, models.model_evaluation]  # fmt: skip
@@ -55,7 +55,7 @@ def same_weights(a, b) -> bool:
 
 
 def test_three_days_train_in_order_from_the_champion(msettings):
-    days = last_days(3)
+    days = fixed_days(3)
     for day in days:
         res = run_day(msettings, day)
         assert res.success
@@ -94,7 +94,7 @@ def test_three_days_train_in_order_from_the_champion(msettings):
 
 
 def test_a_bad_challenger_is_rejected(msettings):
-    days = last_days(2)
+    days = fixed_days(2)
     assert run_day(msettings, days[0]).success
     reg = ModelRegistry(msettings)
     champion_before, v_before = reg.load_alias(CHAMPION)
@@ -113,7 +113,7 @@ def test_a_bad_challenger_is_rejected(msettings):
 
 
 def test_a_diverging_run_registers_nothing_and_ends_failed(msettings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     res = run_day(msettings.replace(model_lr=1e9, model_warm_start=False), day, assets=ALL[:4], raise_on_error=False)
     assert not res.success
     reg = ModelRegistry(msettings)
@@ -124,7 +124,7 @@ def test_a_diverging_run_registers_nothing_and_ends_failed(msettings):
 
 
 def test_rollback_from_cli_and_from_the_dagster_job(msettings, monkeypatch, capsys):
-    days = last_days(3)
+    days = fixed_days(3)
     for day in days:
         assert run_day(msettings, day, assets=ALL[:4]).success
     reg = ModelRegistry(msettings)
@@ -160,7 +160,7 @@ def test_rollback_from_cli_and_from_the_dagster_job(msettings, monkeypatch, caps
 
 
 def test_no_mlflow_run_left_running(msettings):
-    days = last_days(2)
+    days = fixed_days(2)
     from didact_assets.definitions import defs
 
     # through dagster.materialize, through the job, and a failed run
@@ -178,7 +178,7 @@ def test_no_mlflow_run_left_running(msettings):
 
 
 def test_empty_partition_and_missing_features(msettings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     assert run_day(msettings, day, assets=ALL[:3]).success
     wh = Warehouse(msettings.home_path)
     samples = wh.read("ai_ready_metrics", day, "samples")
@@ -195,7 +195,7 @@ def test_empty_partition_and_missing_features(msettings):
 
 
 def test_registry_pointing_at_a_missing_artifact(msettings):
-    days = last_days(2)
+    days = fixed_days(2)
     for day in days:
         assert run_day(msettings, day, assets=ALL[:4]).success
     reg = ModelRegistry(msettings)

@@ -16,9 +16,10 @@ from didact_core.errors import DidactError
 from didact_core.data.preprocess import DEFAULT_FEATURES
 from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster, expected_cleaning
 from didact_core.ingest.base import RawBlock, TelemetrySource
-from didact_core.data.warehouse import Warehouse, content_hash
+from didact_core.data.parts import content_hash
+from didact_core.data.warehouse import Warehouse
 
-from .conftest import last_days
+from .days import fixed_days
 
 ASSETS = [telemetry.raw_node_metrics, telemetry.job_labels, telemetry.ai_ready_metrics]
 
@@ -38,7 +39,7 @@ def materialize_day(settings, day: str, **changes) -> dg.ExecuteInProcessResult:
 def test_two_days_match_the_simulator(settings):
     wh = Warehouse(settings.home_path)
     sim = SimulatedCluster.from_settings(settings)
-    for day in last_days(2):
+    for day in fixed_days(2):
         result = materialize_day(settings, day)
         assert result.success
         truth = sim.fetch_day(dt.date.fromisoformat(day))
@@ -78,7 +79,7 @@ def test_two_days_match_the_simulator(settings):
 
 
 def test_rematerialise_and_roll_back(settings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     wh = Warehouse(settings.home_path)
     assert materialize_day(settings, day).success
     first = wh.require("ai_ready_metrics", day)
@@ -103,7 +104,7 @@ def test_rematerialise_and_roll_back(settings):
 
 
 def test_same_seed_same_data_whatever_the_block_size(settings):
-    day = dt.date.fromisoformat(last_days(1)[0])
+    day = dt.date.fromisoformat(fixed_days(1)[0])
     sim = SimulatedCluster.from_settings(settings)
     whole = sim.fetch_day(day).cpu
     blocks = pd.concat([b.cpu for b in sim.iter_blocks(day, nodes_per_block=1)], ignore_index=True)
@@ -113,7 +114,7 @@ def test_same_seed_same_data_whatever_the_block_size(settings):
 
 
 def test_lineage_links_ai_ready_to_its_raw_version(settings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     assert materialize_day(settings, day).success
     wh = Warehouse(settings.home_path)
     raw = wh.require("raw_node_metrics", day)
@@ -130,7 +131,7 @@ def test_unknown_source_is_a_clear_error(settings):
     with pytest.raises(DidactError, match="source 'nope'.*is not a known telemetry source"):
         settings.replace(source="nope")
     result = dg.materialize(
-        ASSETS, partition_key=last_days(1)[0], resources={"didact": DidactResource(home=settings.home, source="nope")},
+        ASSETS, partition_key=fixed_days(1)[0], resources={"didact": DidactResource(home=settings.home, source="nope")},
         raise_on_error=False,
     )  # fmt: skip
     assert not result.success
@@ -141,9 +142,11 @@ def test_unknown_source_is_a_clear_error(settings):
 def test_partition_outside_the_range(settings):
     with pytest.raises(DidactError, match="outside the partition range"):
         pipeline.check_partition(settings, "2019-12-31")
-    future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    # "today" is an argument: the range ends the day before it, whatever the date of the run
+    today = dt.date(2026, 3, 11)
+    assert pipeline.check_partition(settings, "2026-03-10", today=today) == dt.date(2026, 3, 10)
     with pytest.raises(DidactError, match="outside the partition range"):
-        pipeline.check_partition(settings, future)
+        pipeline.check_partition(settings, "2026-03-11", today=today)
     with pytest.raises(DidactError, match="is not a day"):
         pipeline.check_partition(settings, "yesterday")
     # Dagster itself refuses the key before any asset body runs
@@ -172,7 +175,7 @@ class CorruptSource(TelemetrySource):
 
 
 def test_corrupt_counter_column_leaves_the_warehouse_unchanged(settings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     assert materialize_day(settings, day).success
     wh = Warehouse(settings.home_path)
     before = wh.versions("raw_node_metrics", day)
@@ -187,14 +190,14 @@ def test_unwritable_home(tmp_path, settings):
     blocker.write_text("not a folder")
     bad = settings.replace(home=str(blocker / "home"))
     with pytest.raises(DidactError, match="DIDACT_HOME .* is not writable"):
-        pipeline.ingest_raw(bad, dt.date.fromisoformat(last_days(1)[0]))
+        pipeline.ingest_raw(bad, dt.date.fromisoformat(fixed_days(1)[0]))
     assert blocker.read_text() == "not a folder"
 
 
 def test_quality_check_fails_the_partition_and_blocks_downstream(settings):
     """Raw data with 2% of its counters reset fails the blocking check at a 1% bar:
     the failure is visible, the reason is in the check, and downstream does not run."""
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     damaged = SimulatedCluster.from_settings(settings)
     damaged.data_faults = DataFaultRates(reboot_per_node_day=30)  # ~30 resets per CPU over 1,440 scrapes
     pipeline.ingest_raw(settings, dt.date.fromisoformat(day), source=damaged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from didact_core.learn.evaluation import (
     knn_accuracy,
@@ -13,6 +14,8 @@ from didact_core.learn.evaluation import (
     plot_losses,
     roc_auc,
 )
+
+from didact_core.schema import UNLABELLED, has_label
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -37,6 +40,20 @@ def test_knn_accuracy_separates_structure_from_noise():
     partial = np.array([f"job{l}" if i % 3 else None for i, l in enumerate(labels)], dtype=object)
     assert knn_accuracy(X[:, :2], partial) >= 0.95
     assert knn_accuracy(X, [None] * len(X)) is None
+
+
+def test_samples_without_a_label_are_one_thing_everywhere():
+    """AI-ready rows outside every labelled interval say "unknown"; a CSV may give "" or
+    "nan": none of them is a flavour, in the metrics and in the tables alike."""
+    X, labels = blobs()
+    markers = np.array(["unknown", "", "nan", None, pd.NA], dtype=object)
+    mixed = np.array([f"job{l}" if i % 3 else markers[i % 5] for i, l in enumerate(labels)], dtype=object)
+    # the noise of unlabelled rows would pull a 5-class kNN far below the 4 flavours' score
+    assert knn_accuracy(X[:, :2], mixed) >= 0.95
+    assert list(has_label(mixed)) == [bool(i % 3) for i in range(len(labels))]
+    table = per_label_error(np.ones(len(mixed)), mixed)
+    assert set(table["label"]) == {f"job{k}" for k in range(4)} | {UNLABELLED}
+    assert table.set_index("label").loc[UNLABELLED, "n"] == (~has_label(mixed)).sum()
 
 
 def test_pca_structure_agreement_is_high_for_a_faithful_embedding_and_low_for_noise():

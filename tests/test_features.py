@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from didact_core.learn import continual
+from didact_core.learn.registry import ModelRegistry
 from didact_core.data import spine as pipeline
 from didact_core.errors import DidactError
 from didact_core.data.preprocess import check_features, feature_columns, node_features, preprocess
@@ -16,11 +17,11 @@ from didact_core.schema import CPU_MODES, NODE_FEATURES
 from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.data.warehouse import Warehouse
 
-from .conftest import last_days
+from .days import fixed_days
 
 
 def test_node_level_rates_follow_the_job_flavour(settings):
-    day = dt.date.fromisoformat(last_days(1)[0])
+    day = dt.date.fromisoformat(fixed_days(1)[0])
     block = SimulatedCluster.from_settings(settings).fetch_day(day)
     nf = node_features(block.node_metrics)
     assert set(NODE_FEATURES) <= set(nf.columns)
@@ -38,7 +39,7 @@ def test_node_level_rates_follow_the_job_flavour(settings):
 
 
 def test_windows_hold_the_previous_timesteps_of_the_same_series(settings):
-    day = dt.date.fromisoformat(last_days(1)[0])
+    day = dt.date.fromisoformat(fixed_days(1)[0])
     block = SimulatedCluster.from_settings(settings).fetch_day(day)
     one, _ = preprocess(block.cpu, ("cpu",))
     three, rep = preprocess(block.cpu, ("cpu",), window=3)
@@ -56,7 +57,7 @@ def test_windows_hold_the_previous_timesteps_of_the_same_series(settings):
 
 
 def test_node_busy_features_describe_the_node_around_each_cpu(settings):
-    day = dt.date.fromisoformat(last_days(1)[0])
+    day = dt.date.fromisoformat(fixed_days(1)[0])
     block = SimulatedCluster.from_settings(settings).fetch_day(day)
     df, rep = preprocess(block.cpu, ("busy", "node_busy", "node_busy_std"))
     assert rep.rows_out == len(df) > 0
@@ -77,7 +78,7 @@ def test_node_busy_features_describe_the_node_around_each_cpu(settings):
 
 
 def test_segments_are_runs_of_a_label_per_node_in_time_order():
-    from didact_core.testbed.evaluation import segment_ids
+    from didact_core.learn.separability import segment_ids
 
     ts = pd.to_datetime([3, 1, 2, 4, 5, 1, 2], unit="s", utc=True)
     frame = pd.DataFrame({"node": ["a", "a", "a", "a", "a", "b", "b"], "ts": ts,
@@ -96,7 +97,7 @@ def test_bad_feature_names_are_clear_errors():
 
 def test_rich_features_with_context_train_and_separate_flavours(settings):
     s = settings.replace(nodes=8, features=("cpu", "node"), window=2, max_train_samples=8000, model_max_epochs=6)
-    days = last_days(2)
+    days = fixed_days(2)
     for d in days:
         pipeline.ingest_raw(s, dt.date.fromisoformat(d))
         pipeline.build_ai_ready(s, dt.date.fromisoformat(d))
@@ -107,17 +108,16 @@ def test_rich_features_with_context_train_and_separate_flavours(settings):
     h = ev.metrics["challenger"]["holdout"]
     assert h["latent_knn_accuracy"] > 0.8, h
     # the detector carries its fitted transform (log1p + standardisation for the rates)
-    det, _ = continual.ModelRegistry(s).load_alias("champion")
+    det, _ = ModelRegistry(s).load_alias("champion")
     assert det.config.log1p and det.config.standardize and det.feature_names == feature_columns(("cpu", "node"), 2)
     assert np.isfinite(h["mean_error"])
 
 
 def test_testbed_evaluation_reports_separability_and_open_set(settings):
     from didact_core.testbed import evaluation as testbed_eval
-    from didact_core.learn.registry import ModelRegistry
 
     s = settings.replace(nodes=6, features=("cpu", "node"), fault_rate=0.0)
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     pipeline.ingest_raw(s, dt.date.fromisoformat(day))
     pipeline.build_ai_ready(s, dt.date.fromisoformat(day))
     r = testbed_eval.evaluate(s, [day], max_train=6000, max_test=3000, epochs=4, openset_epochs=2)

@@ -60,8 +60,7 @@ def test_default_autoencoder_has_about_40k_parameters():
 @pytest.mark.parametrize("n_features", [5, 17, 51, 120])
 def test_default_widths_keep_about_40k_parameters_for_any_input_count(n_features):
     from didact_core.config import Settings
-    from didact_core.learn.continual import model_config
-    from didact_core.learn.models import hidden_for
+    from didact_core.learn.models import hidden_for, model_config
 
     cfg = model_config(Settings(), n_features)
     n = count_params(build_model(cfg))

@@ -13,18 +13,19 @@ import pytest
 from didact_assets.assets import power, telemetry
 from didact_assets.resources import DidactResource
 from didact_core.data import spine as pipeline
+from didact_core.power import partition as power_partition
 from didact_core.power.base import SamplingPowerReader
 from didact_core.power.spool import flush, read_spool, record
 from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.data.warehouse import Warehouse
 
-from .conftest import last_days
+from .days import fixed_days
 
 ASSETS = [telemetry.raw_node_metrics, telemetry.job_labels, telemetry.ai_ready_metrics, power.power_profiles]
 
 
 def test_power_profiles_asset_matches_the_simulators_power_model(settings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     res = dg.materialize(ASSETS, partition_key=day, resources={"didact": DidactResource(
         home=settings.home, nodes=settings.nodes, cpus=settings.cpus, interval_s=settings.interval_s,
         seed=settings.seed, workers=1)})  # fmt: skip
@@ -65,22 +66,24 @@ class ConstantBmc(SamplingPowerReader):
 
 
 def test_spooled_bmc_power_joins_the_day(settings):
-    day = last_days(1)[0]
+    day = fixed_days(1)[0]
     d = pd.Timestamp(day).date()
     pipeline.ingest_raw(settings, d)
     pipeline.build_ai_ready(settings, d)
 
-    # the recorder writes whole files into the spool (today's samples)
+    # the recorder writes whole files into the spool (samples of the day they are taken on;
+    # a run across midnight UTC spreads them over two days)
     stop = threading.Event()
+    before = pd.Timestamp.now(tz="UTC").date()
     n = record(settings.home_path, [ConstantBmc("node0000")], interval_s=0.01, flush_every_s=0.05, stop=stop,
                max_seconds=0.3)  # fmt: skip
-    today = pd.Timestamp.now(tz="UTC").date().isoformat()
-    assert n > 0 and len(read_spool(settings.home_path, today)) == n
+    taken_on = {before.isoformat(), pd.Timestamp.now(tz="UTC").date().isoformat()}
+    assert n > 0 and sum(len(read_spool(settings.home_path, d)) for d in taken_on) == n
 
     # a day of BMC samples for node0000 → the profile prefers the whole-node meter
     ts = pd.date_range(pd.Timestamp(day, tz="UTC"), periods=24 * 60, freq="1min")
     flush(settings.home_path, pd.DataFrame({"ts": ts, "node": "node0000", "source": "redfish", "watts": 321.0}))
-    res = pipeline.build_power_profiles(settings, d)
+    res = power_partition.build_power_profiles(settings, d)
     assert res.sources == ["redfish", "simulator"]
     assert res.summary["source"] == "redfish"
     assert res.summary["mean_w"] == pytest.approx(321.0)

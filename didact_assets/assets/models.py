@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from didact_core.learn import continual
+from didact_core.learn.code_versions import EVAL_CODE_VERSION, TRAIN_CODE_VERSION
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource
@@ -19,7 +19,7 @@ _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 @dg.asset(
     partitions_def=daily_partitions,
     deps=[ai_ready_metrics, ood_review, dg.AssetDep("champion_model", partition_mapping=_previous_day)],
-    code_version=continual.TRAIN_CODE_VERSION,
+    code_version=TRAIN_CODE_VERSION,
     group_name="models",
     kinds={"pytorch", "mlflow"},
     pool="didact_model",
@@ -36,6 +36,9 @@ _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
     "registered in MLflow, and promoted to champion when the gate passes.",
 )
 def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
+    # lazy: training imports torch (2 s); every step process loads these definitions
+    from didact_core.learn import continual
+
     settings = didact.settings()
     day = day_of(context, settings).isoformat()
     out = continual.train_day(settings, day, run_id=context.run_id, logger=context.log)
@@ -71,15 +74,18 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
 @dg.asset(
     partitions_def=daily_partitions,
     deps=[champion_model],
-    code_version=continual.EVAL_CODE_VERSION,
+    code_version=EVAL_CODE_VERSION,
     group_name="models",
     kinds={"mlflow"},
     description="The day's challenger vs the champion it started from: reconstruction error overall and per "
     "job flavour (held-out, replay, first days), latent kNN accuracy, PCA agreement, fault ROC-AUC.",
 )
 def model_evaluation(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
+    # lazy: evaluation imports torch (2 s); every step process loads these definitions
+    from didact_core.learn import evaluate_day
+
     settings = didact.settings()
-    out = continual.evaluate_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id)
+    out = evaluate_day.evaluate_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id)
     meta = {
         "champion_version": out.champion_version,
         "challenger_version": out.challenger_version,

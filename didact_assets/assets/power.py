@@ -4,7 +4,7 @@ import base64
 
 import dagster as dg
 
-from didact_core.data import spine as pipeline
+from didact_core.power import partition as power_partition
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource
@@ -15,7 +15,7 @@ from .telemetry import ai_ready_metrics, job_labels, raw_node_metrics
 @dg.asset(
     partitions_def=daily_partitions,
     deps=[raw_node_metrics, ai_ready_metrics, job_labels],
-    code_version=pipeline.POWER_CODE_VERSION,
+    code_version=power_partition.POWER_CODE_VERSION,
     group_name="power",
     kinds={"parquet"},
     description="Mean/peak watts, energy, idle baseline and watts-vs-utilisation fit per node and job flavour, "
@@ -23,7 +23,7 @@ from .telemetry import ai_ready_metrics, job_labels, raw_node_metrics
 )
 def power_profiles(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
     settings = didact.settings()
-    res = pipeline.build_power_profiles(settings, day_of(context, settings), run_id=context.run_id)
+    res = power_partition.build_power_profiles(settings, day_of(context, settings), run_id=context.run_id)
     plot = base64.b64encode(res.plot_png).decode()
     numbers = {f"summary/{k}": v for k, v in res.summary.items() if isinstance(v, (int, float))}
     return dg.MaterializeResult(

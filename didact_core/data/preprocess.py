@@ -38,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from didact_core.errors import DataQualityError, DidactError
-from didact_core.schema import CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu
+from didact_core.schema import (
+    CPU_FRACTIONS, CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ CPU_FEATURES: dict[str, tuple[str, ...]] = {
     "other": OTHER_MODES,
     "busy": ("system", "user", "nice", "irq", "softirq", "steal"),
 }
-DEFAULT_FEATURES = ("idle", "iowait", "system", "user", "other")
+DEFAULT_FEATURES = CPU_FRACTIONS
 #: node-level features computed from the CPU counters: per (node, scrape), the mean and the
 #: standard deviation over the node's CPU threads of their ``busy`` fraction.  They give each
 #: per-CPU row its node's context: one busy thread on an otherwise idle node (mean 1/C, high
@@ -293,8 +295,41 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
     rep = CleaningReport(rows_in=len(raw))
     if len(raw) == 0:
         return _empty(features + tuple(f for f in all_features if f in NODE_CPU_FEATURES)), rep
+    key, ts, node_codes, node_names, cols = _series(raw, rep)
+    key, ts, node_codes, cols = _drop_bad_rows(key, ts, node_codes, cols, rep)
+    iv, dt_s, deltas, total, good = _intervals(key, ts, cols, interval_s, max_gap_factor, rep)
 
-    # series keys, grouped (stable) if the input interleaves series; counters column-wise
+    sel = iv[good]
+    rows = sel + 1  # the interval's end row
+    inv_total = 1.0 / total[good]
+    out = {
+        "ts": pd.Series(ts[rows].view("M8[ms]")).dt.tz_localize("UTC"),
+        "node": pd.Categorical.from_codes(node_codes[rows], node_names),
+        "cpu": (key[rows] % 65536).astype(np.int16),
+        "dt_s": dt_s[good].astype(np.float32),
+    }
+    idx = {m: i for i, m in enumerate(CPU_MODES)}
+    for f in features:
+        part = deltas[idx[CPU_FEATURES[f][0]]][good]
+        for m in CPU_FEATURES[f][1:]:
+            part += deltas[idx[m]][good]
+        part *= inv_total
+        out[f] = part.astype(np.float32)
+    if any(f in NODE_CPU_FEATURES for f in all_features):
+        busy = np.zeros(len(sel))
+        for m in CPU_FEATURES["busy"]:
+            busy += deltas[idx[m]][good]
+        busy *= inv_total
+        mean, std = _per_scrape_mean_std(node_codes[rows], ts[rows], busy)
+        for f, v in (("node_busy", mean), ("node_busy_std", std)):
+            if f in all_features:
+                out[f] = v.astype(np.float32)
+    return pd.DataFrame(out), rep
+
+
+def _series(raw: pd.DataFrame, rep: CleaningReport):
+    """Series keys (node code × 65536 + cpu), epoch-ms timestamps, node codes and names, and
+    the counters column-wise; grouped by series (stable) and in time order within each."""
     node_codes, node_names = _factorize(raw["node"])
     key = node_codes.astype(np.int64) * 65536 + raw["cpu"].to_numpy().astype(np.int64)
     ts = raw["ts"].array.asi8.copy()  # epoch ms (validated unit)
@@ -307,8 +342,7 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
     rep.series = len(starts)
 
     # out-of-order arrivals: sort only the series that have them
-    same = key[1:] == key[:-1]
-    inversions = same & (ts[1:] < ts[:-1])
+    inversions = (key[1:] == key[:-1]) & (ts[1:] < ts[:-1])
     rep.out_of_order = int(np.count_nonzero(inversions))
     if rep.out_of_order:
         cols = [c.copy() for c in cols]
@@ -319,8 +353,13 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
             ts[a:b] = ts[o]
             for c in cols:
                 c[a:b] = c[o]
+    return key, ts, node_codes, node_names, cols
 
-    # duplicates (same series and ts): keep the first; unusable rows: NaN, inf, negative
+
+def _drop_bad_rows(key, ts, node_codes, cols, rep: CleaningReport):
+    """Duplicates (same series and ts: keep the first) and unusable rows (NaN, inf,
+    negative) dropped and counted."""
+    same = key[1:] == key[:-1]
     dup = np.r_[False, same & (ts[1:] == ts[:-1])]
     nan = np.zeros(len(ts), dtype=bool)
     bad = np.zeros(len(ts), dtype=bool)
@@ -336,8 +375,12 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
         keep = ~drop
         key, ts, node_codes = key[keep], ts[keep], node_codes[keep]
         cols = [c[keep] for c in cols]
+    return key, ts, node_codes, cols
 
-    # intervals between consecutive scrapes of a series
+
+def _intervals(key, ts, cols, interval_s, max_gap_factor, rep: CleaningReport):
+    """Intervals between consecutive scrapes of a series: (start rows, seconds, counter
+    deltas per mode, total delta, usable mask); resets, gaps, stalls, skew counted."""
     iv = np.flatnonzero(key[1:] == key[:-1])  # interval i runs from row i to row i + 1
     dt_s = (ts[iv + 1] - ts[iv]) / 1000.0
     deltas = [c[iv + 1] - c[iv] for c in cols]
@@ -370,33 +413,7 @@ def _cpu_fractions(raw, features, interval_s, max_gap_factor) -> tuple[pd.DataFr
     rep.clock_skew = int(np.count_nonzero(skew))
     good = ~(reset | long_gap | stalled)
     rep.rows_out = int(np.count_nonzero(good))
-
-    sel = iv[good]
-    rows = sel + 1  # the interval's end row
-    inv_total = 1.0 / total[good]
-    out = {
-        "ts": pd.Series(ts[rows].view("M8[ms]")).dt.tz_localize("UTC"),
-        "node": pd.Categorical.from_codes(node_codes[rows], node_names),
-        "cpu": (key[rows] % 65536).astype(np.int16),
-        "dt_s": dt_s[good].astype(np.float32),
-    }
-    idx = {m: i for i, m in enumerate(CPU_MODES)}
-    for f in features:
-        part = deltas[idx[CPU_FEATURES[f][0]]][good]
-        for m in CPU_FEATURES[f][1:]:
-            part += deltas[idx[m]][good]
-        part *= inv_total
-        out[f] = part.astype(np.float32)
-    if any(f in NODE_CPU_FEATURES for f in all_features):
-        busy = np.zeros(len(sel))
-        for m in CPU_FEATURES["busy"]:
-            busy += deltas[idx[m]][good]
-        busy *= inv_total
-        mean, std = _per_scrape_mean_std(node_codes[rows], ts[rows], busy)
-        for f, v in (("node_busy", mean), ("node_busy_std", std)):
-            if f in all_features:
-                out[f] = v.astype(np.float32)
-    return pd.DataFrame(out), rep
+    return iv, dt_s, deltas, total, good
 
 
 def _per_scrape_mean_std(node_codes: np.ndarray, ts: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,17 +13,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from didact_core.config import Settings
 from didact_core.errors import DataQualityError, DidactError
 from didact_core.data.preprocess import CleaningReport, check_features, feature_columns, preprocess
-from didact_core.data.labels import attach_intervals
-from didact_core.schema import NODE_FEATURES, validate_raw_cpu
+from didact_core.data.labels import attach_intervals, read_labels
+from didact_core.schema import NO_LABEL, NODE_FEATURES, validate_raw_cpu
 from didact_core.ingest.base import TelemetrySource
+from didact_core.ingest.prometheus.source import PrometheusSource
+from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.versioning import code_version
-from didact_core.data.warehouse import VersionInfo, Warehouse, read_part, write_part
+from didact_core.data.parts import read_part, write_part
+from didact_core.data.warehouse import VersionInfo, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,9 @@ AI_READY = "ai_ready_metrics"
 LABELS = "job_labels"
 
 #: code versions of the data-spine assets
-RAW_CODE_VERSION = code_version("ingest", "schema", "data/warehouse", "data/spine")
-AI_READY_CODE_VERSION = code_version("data/preprocess", "schema", "data/warehouse", "data/spine")
-LABELS_CODE_VERSION = code_version("data/labels", "data/warehouse", "data/spine")
+RAW_CODE_VERSION = code_version("ingest", "schema", "data/parts", "data/warehouse", "data/spine")
+AI_READY_CODE_VERSION = code_version("data/preprocess", "schema", "data/parts", "data/warehouse", "data/spine")
+LABELS_CODE_VERSION = code_version("data/labels", "data/parts", "data/warehouse", "data/spine")
 
 
 def parse_day(partition: str) -> dt.date:
@@ -62,12 +64,8 @@ def check_partition(settings: Settings, partition: str, today: dt.date | None = 
 def make_source(settings: Settings) -> TelemetrySource:
     """The configured telemetry source."""
     if settings.source == "simulator":
-        from didact_core.ingest.simulator import SimulatedCluster
-
         return SimulatedCluster.from_settings(settings)
     if settings.source == "prometheus":
-        from didact_core.ingest.prometheus.source import PrometheusSource
-
         return PrometheusSource.from_env(settings=settings)
     raise DidactError(f"source {settings.source!r}", "is not a known telemetry source", "use simulator or prometheus")
 
@@ -210,7 +208,7 @@ def _preprocess_part(
         node_metrics = pd.concat([f[f["node"].astype(str).isin(nodes)] for f in frames], ignore_index=True)
     samples, rep = preprocess(raw, features, interval_s=None, node_metrics=node_metrics, window=window)
     if labels is not None:
-        samples["label"] = attach_intervals(samples, labels, "label", default="unknown")
+        samples["label"] = attach_intervals(samples, labels, "label", default=NO_LABEL)
     if faults is not None:
         samples["fault"] = attach_intervals(samples, faults, "fault", default="")
     rows, digest = write_part(dst, samples)
@@ -236,7 +234,7 @@ def build_ai_ready(
     raw = wh.require(RAW, partition)
     if "cpu" not in raw.tables:
         raise DataQualityError(f"{RAW}/{partition} v{raw.version}", "has no CPU samples", "re-materialise it")
-    labels, faults, label_ref = _intervals_for(wh, partition, raw)
+    labels, faults, label_ref = intervals_for(wh, partition, raw)
     t0 = time.perf_counter()
     report = CleaningReport()
     src = wh.part_paths(RAW, partition, "cpu", raw.version)
@@ -310,10 +308,8 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
     start, end = pd.Timestamp(day, tz="UTC"), pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
     faults = None
     if settings.labels_csv:
-        from didact_core.data import labels as labels_io
-
         nodes = raw.metadata.get("node_list", [])
-        labels = labels_io.read_labels(settings.labels_csv, known_nodes=nodes)
+        labels = read_labels(settings.labels_csv, known_nodes=nodes)
         labels = labels[(labels["end"] > start) & (labels["start"] < end)]
         origin = f"file {settings.labels_csv}"
     elif "labels" in raw.tables:
@@ -335,8 +331,8 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
     return LabelsResult(version, origin, counts)
 
 
-def _intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
-    """Labels and faults for a day: the job_labels partition if any, else the raw partition's."""
+def intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
+    """(labels, faults, job_labels ref or None).  Labels and faults for a day: the job_labels partition if any, else the raw partition's."""
     lab = wh.head(LABELS, partition)
     if lab is not None:
         labels = wh.read(LABELS, partition, "labels") if "labels" in lab.tables else None
@@ -347,68 +343,6 @@ def _intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
     if faults is None and labels is not None:
         faults = pd.DataFrame({"node": [], "start": [], "end": [], "fault": []})
     return labels, faults, None
-
-
-POWER = "power_profiles"
-POWER_CODE_VERSION = code_version("power", "data/spine", "data/warehouse")
-
-
-@dataclass
-class PowerResult:
-    version: VersionInfo
-    summary: dict
-    plot_png: bytes
-    sources: list[str]
-
-
-def build_power_profiles(settings: Settings, day: dt.date, run_id: str | None = None) -> PowerResult:
-    """Power profiles of a day from the raw partition's power table and the spooled
-    samples of the sampling readers, with utilisation from the AI-ready samples and the
-    day's job labels.  Tables and the plot go into ``power_profiles/<day>``."""
-    from didact_core.power.profiles import power_profiles
-    from didact_core.power.spool import read_spool
-
-    wh = Warehouse(settings.home_path, settings.retention_versions)
-    partition = day.isoformat()
-    raw = wh.require(RAW, partition)
-    frames = [wh.read(RAW, partition, "power", raw.version)] if "power" in raw.tables else []
-    spooled = read_spool(settings.home_path, partition)
-    if len(spooled):
-        frames.append(spooled)
-    if not frames:
-        raise DataQualityError(
-            f"power for {partition}",
-            "no source recorded any: the raw partition has no power table and the spool is empty",
-            "scrape node exporter's RAPL/hwmon metrics, or run `didact power record` with a reader",
-        )
-    power = pd.concat(frames, ignore_index=True)
-    ai = wh.require(AI_READY, partition)
-    cols = ["ts", "node", "idle", "iowait"]
-    util = pd.concat([p[cols] for p in wh.iter_parts(AI_READY, partition, "samples")], ignore_index=True)
-    labels, _faults, _ref = _intervals_for(wh, partition, raw)
-    if labels is not None and len(labels):
-        labels = labels.assign(node=labels["node"].astype(str), label=labels["label"].astype(str))
-    else:
-        labels = None
-    prof = power_profiles(power, util.assign(node=util["node"].astype(str)), labels)
-    png = prof.plot_png()
-    tables = {"nodes": prof.nodes, "flavours": prof.flavours, "jobs": prof.jobs, "shedding": prof.shedding}
-    tables = {k: _plain(v) for k, v in tables.items()}
-    sources = sorted(power["source"].astype(str).unique())
-    version = wh.write(POWER, partition, tables, code_version=POWER_CODE_VERSION, run_id=run_id,
-                       upstream={RAW: raw.ref, AI_READY: ai.ref},
-                       metadata={"summary": prof.summary, "sources": sources})  # fmt: skip
-    (version.path / "profile.png").write_bytes(png)
-    return PowerResult(version, prof.summary, png, sources)
-
-
-def _plain(df: pd.DataFrame) -> pd.DataFrame:
-    """Object columns as strings (Parquet needs one type per column)."""
-    out = df.reset_index(drop=True).copy()
-    for c in out.columns:
-        if out[c].dtype == object:
-            out[c] = out[c].astype(str)
-    return out
 
 
 def summary_row(wh: Warehouse, partition: str) -> dict:

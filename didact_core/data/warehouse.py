@@ -11,7 +11,8 @@ holds a read-write connection no other process can open the file at all.  Dagste
 runs steps in separate processes and backfills run in parallel, so the heavy data
 lives in immutable Parquet files, written by any number of processes at once (a
 table is a folder of parts, one per block of whole nodes, so worker processes can write
-parts in parallel), and the DuckDB file only holds the small catalog.  Every catalog access opens a short
+parts in parallel; ``data.parts`` writes, reads and hashes them), and the DuckDB file
+only holds the small catalog.  Every catalog access opens a short
 connection under an advisory file lock (shared for reads, exclusive for writes).
 
 A materialisation writes its files into a private temporary folder, then, in one
@@ -32,6 +33,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import getpass
 import json
 import logging
 import os
@@ -43,13 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import xxhash
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from didact_core.config import ensure_home
+from didact_core.data.parts import PartitionWriter, combine_digests, dict_columns, frame_digest, fsync, read_part
 from didact_core.errors import DidactError
 
 log = logging.getLogger(__name__)
@@ -123,129 +124,6 @@ class VersionInfo:
     def ref(self) -> str:
         """``asset/partition@vN:data_version`` — how lineage names an upstream."""
         return f"{self.asset}/{self.partition}@v{self.version}:{self.data_version}"
-
-
-def frame_digest(df: pd.DataFrame) -> str:
-    """Content hash of one frame: column names, kinds and values (xxh3-128)."""
-    h = xxhash.xxh3_128()
-    for name in df.columns:
-        kind, data = _column_bytes(df[name])
-        h.update(f"{name}:{kind}:".encode())
-        h.update(data)
-    return h.hexdigest()
-
-
-def _column_bytes(col: pd.Series) -> tuple[str, memoryview]:
-    dtype = col.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype):
-        ms = col.dt.tz_convert("UTC").astype("datetime64[ms, UTC]").array.asi8
-        return "ts_ms", memoryview(np.ascontiguousarray(ms))
-    if pd.api.types.is_datetime64_dtype(dtype):
-        return "ts_ms", memoryview(np.ascontiguousarray(col.astype("datetime64[ms]").to_numpy().view(np.int64)))
-    if isinstance(dtype, pd.CategoricalDtype) or dtype == object or pd.api.types.is_string_dtype(dtype):
-        values = col if isinstance(dtype, pd.CategoricalDtype) else col.astype(str)
-        return "str", memoryview(pd.util.hash_pandas_object(values, index=False).to_numpy())
-    arr = np.ascontiguousarray(col.to_numpy())
-    return str(arr.dtype), memoryview(arr).cast("B")
-
-
-def combine_digests(tables: dict[str, list[str]]) -> str:
-    """A version's data version from its tables' ordered part digests."""
-    h = xxhash.xxh3_64()
-    for name in sorted(tables):
-        h.update(name.encode() + b"=" + ",".join(tables[name]).encode() + b";")
-    return h.hexdigest()
-
-
-def content_hash(tables: dict[str, list[pd.DataFrame] | pd.DataFrame]) -> str:
-    """The data version of tables given as their parts, as the warehouse computes it."""
-    return combine_digests(
-        {n: [frame_digest(p) for p in ([v] if isinstance(v, pd.DataFrame) else v)] for n, v in tables.items()}
-    )
-
-
-def write_part(path: Path, df: pd.DataFrame) -> tuple[int, str]:
-    """Write one part file (atomically named by the caller's folder); return rows and digest.
-
-    Safe to call from worker processes: it touches only ``path``.
-    """
-    digest = frame_digest(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="lz4", row_group_size=1 << 20)
-    return len(df), digest
-
-
-class PartitionWriter:
-    """Stream tables into a new partition version; nothing is visible until :meth:`commit`.
-
-    Use as a context manager: an exception inside the block discards the temporary
-    files and leaves the catalog untouched.
-    """
-
-    def __init__(self, wh: "Warehouse", asset: str, partition: str):
-        self.wh, self.asset, self.partition = wh, asset, partition
-        self.parent = wh.data_dir / asset / partition
-        self.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.parent / f".tmp-{uuid.uuid4().hex[:12]}"
-        self.tmp.mkdir()
-        self._parts: dict[str, list[tuple[int, str]]] = {}
-        self._done = False
-
-    def write(self, table: str, df: pd.DataFrame) -> None:
-        """Append ``df`` to ``table`` as its next part (a part holds whole nodes)."""
-        rows, digest = write_part(self.part_path(table, len(self._parts.get(table, []))), df)
-        self.add_part(table, rows, digest)
-
-    def part_path(self, table: str, index: int) -> Path:
-        """Where part ``index`` of ``table`` goes — for workers writing parts themselves."""
-        if not table.isidentifier():
-            raise DidactError(f"table name {table!r}", "must be a plain identifier")
-        return self.tmp / table / f"part-{index:05d}.parquet"
-
-    def add_part(self, table: str, rows: int, digest: str) -> None:
-        """Register the next part of ``table``, written at ``part_path(table, n)``."""
-        parts = self._parts.setdefault(table, [])
-        if not self.part_path(table, len(parts)).exists():
-            raise DidactError(f"{self.asset}/{self.partition} {table} part {len(parts)}", "was not written")
-        parts.append((rows, digest))
-
-    def data_version(self) -> str:
-        return combine_digests({t: [d for _, d in parts] for t, parts in self._parts.items()})
-
-    def commit(
-        self,
-        code_version: str | None = None,
-        upstream: dict | None = None,
-        run_id: str | None = None,
-        metadata: dict | None = None,
-    ) -> VersionInfo:
-        """Publish the files as the partition's next version and make it the head."""
-        if self._done:
-            raise DidactError(f"{self.asset}/{self.partition}", "this writer was already committed or aborted")
-        if not self._parts:
-            raise DidactError(f"{self.asset}/{self.partition}", "nothing was written", "write at least one table")
-        for f in self.tmp.rglob("*.parquet"):
-            _fsync(f)
-        rows = {t: sum(r for r, _ in parts) for t, parts in self._parts.items()}
-        info = self.wh._publish(
-            self.asset, self.partition, self.tmp, self.data_version(), code_version, upstream or {},
-            run_id, rows, metadata or {},
-        )  # fmt: skip
-        self._done = True
-        return info
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._done = True
-
-    def __enter__(self) -> "PartitionWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or not self._done:
-            self.abort()
 
 
 class Warehouse:
@@ -351,7 +229,9 @@ class Warehouse:
                     w.write(name, df)
             return w.commit(**commit_kwargs)
 
-    def _publish(self, asset, partition, tmp: Path, data_version, code_version, upstream, run_id, rows, metadata):
+    def publish(self, asset, partition, tmp: Path, data_version, code_version, upstream, run_id, rows, metadata):
+        """Make the files in ``tmp`` the partition's next version and its head, in one
+        catalog transaction (``PartitionWriter.commit`` calls this)."""
         now = dt.datetime.now(dt.timezone.utc)
         with self._db(write=True) as con:
             con.execute("BEGIN")
@@ -374,7 +254,7 @@ class Warehouse:
                     data_version=data_version, code_version=code_version, upstream=upstream, run_id=run_id,
                 )  # fmt: skip
                 os.rename(tmp, final)
-                _fsync(final.parent)
+                fsync(final.parent)
                 try:
                     self._refresh_views(con, asset)
                     con.execute("COMMIT")
@@ -445,7 +325,7 @@ class Warehouse:
     ) -> pd.DataFrame:
         """A whole table of a partition version (head by default)."""
         parts = self._parts(asset, partition, table, version)
-        tables = [pq.read_table(p, columns=columns, read_dictionary=_dict_cols(p)) for p in parts]
+        tables = [pq.read_table(p, columns=columns, read_dictionary=dict_columns(p)) for p in parts]
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def iter_parts(self, asset: str, partition: str, table: str, version: int | None = None) -> Iterator[pd.DataFrame]:
@@ -613,24 +493,6 @@ def _info(r: dict) -> VersionInfo:
     )
 
 
-def read_part(path: Path) -> pd.DataFrame:
-    """One part file as a frame (string key columns as categoricals)."""
-    return pq.read_table(path, read_dictionary=_dict_cols(path)).to_pandas()
-
-
-def _dict_cols(path: Path) -> list[str]:
-    schema = pq.read_schema(path)
-    return [n for n in ("node", "source", "label", "fault") if n in schema.names]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_name(what: str, value: str) -> None:
     if not value or "/" in value or value.startswith(".") or "\\" in value:
         raise DidactError(f"{what} {value!r}", "is not a valid name", "use letters, digits, - and _")
@@ -640,6 +502,4 @@ def _whoami() -> str:
     try:
         return os.getlogin()
     except OSError:
-        import getpass
-
         return getpass.getuser()

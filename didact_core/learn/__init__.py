@@ -1,0 +1,12 @@
+"""learn: from AI-ready samples to a registered, gated champion model.
+
+``models/`` (the config dataclass and the two families), ``detector`` (the estimator:
+fit, score, save), ``training`` (the one loop) over ``batching`` (device-resident
+batches); ``split`` (each day's train / held-out split), ``gate`` (the promotion gate),
+``continual`` (a day's training from the champion), ``evaluate_day`` (the day's
+challenger beside its champion), ``evaluation`` and ``separability`` (metrics and plots),
+``registry`` (MLflow models and aliases), ``champion`` (rollback, status rows),
+``code_versions``, ``triggers`` (retrain decisions), ``centroids``, ``mlflow_pyfunc``.
+
+No names are re-exported here: importing ``didact_core.learn`` must not import torch.
+"""

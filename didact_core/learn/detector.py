@@ -46,6 +46,7 @@ from didact_core.errors import DataQualityError, DidactError, RegistryError
 from didact_core.data.features import FeatureTransform, as_feature_array
 from didact_core.schema import CPU_FRACTIONS
 from didact_core.learn.training import EVAL_CHUNK, OnEpoch, TrainingDivergedError, TrainResult, train
+from didact_core.learn.evaluation import knn_accuracy
 from didact_core.learn.models import ARCHITECTURE_FIELDS, ModelConfig, build_model, count_params
 
 log = logging.getLogger(__name__)
@@ -373,8 +374,6 @@ class Detector:
         return self._run(T, lambda m, xb: m.sample_error(xb)).astype(np.float64)
 
     def _label_metrics(self, T: np.ndarray, labels: Sequence) -> dict[str, float | None]:
-        from didact_core.learn.evaluation import knn_accuracy
-
         labels = np.asarray(labels)
         if labels.shape[0] != T.shape[0]:
             raise DidactError(

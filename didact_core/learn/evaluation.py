@@ -18,18 +18,18 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from didact_core.schema import UNLABELLED, has_label
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SAMPLES = 20_000
 
 
-UNLABELLED = "(none)"
-
-
 def _labels(labels: Sequence) -> np.ndarray:
-    """Labels as strings (mixed types and missing values allowed); missing -> ``UNLABELLED``."""
+    """Labels as strings (mixed types allowed); a sample without a label (missing, or a
+    ``schema.NO_LABEL_MARKERS`` value such as the AI-ready ``"unknown"``) -> ``UNLABELLED``."""
     ser = pd.Series(np.asarray(labels, dtype=object))
-    return ser.where(ser.notna(), UNLABELLED).astype(str).to_numpy()
+    return ser.where(has_label(ser), UNLABELLED).astype(str).to_numpy()
 
 
 def _subsample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
@@ -46,10 +46,10 @@ def knn_accuracy(
 
     Stratified ``folds``-fold (fewer when the rarest label has fewer samples).  A high
     value means the embedding keeps job flavours apart.  Samples without a label
-    (None/NaN) are left out; None when fewer than two labels remain.
+    (None/NaN, or a ``schema.NO_LABEL_MARKERS`` value) are left out; None when fewer than two labels remain.
     """
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score  # lazy: sklearn takes a second to import
+    from sklearn.neighbors import KNeighborsClassifier  # lazy: sklearn takes a second to import
 
     y = _labels(labels)
     known = y != UNLABELLED
@@ -86,10 +86,10 @@ def pca_structure_agreement(
       PCA-2 that are also among its ``k`` nearest neighbours in ``Z`` (1 = identical
       neighbourhoods; k/n for random).
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import adjusted_rand_score
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.cluster import KMeans  # lazy: sklearn takes a second to import
+    from sklearn.decomposition import PCA  # lazy: sklearn takes a second to import
+    from sklearn.metrics import adjusted_rand_score  # lazy: sklearn takes a second to import
+    from sklearn.neighbors import NearestNeighbors  # lazy: sklearn takes a second to import
 
     X = np.asarray(X, dtype=np.float64)
     Z = np.asarray(Z, dtype=np.float64)
@@ -109,7 +109,7 @@ def pca_structure_agreement(
 
 def roc_auc(scores: np.ndarray, is_anomaly: Sequence[bool]) -> float | None:
     """ROC-AUC of ``scores`` (higher = more anomalous) against ground truth; None if one class is absent."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: sklearn takes a second to import
 
     y = np.asarray(is_anomaly).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -132,8 +132,8 @@ def per_label_error(scores: np.ndarray, labels: Sequence) -> pd.DataFrame:
 
 # -- plots ---------------------------------------------------------------------------
 def _figure(width: float = 6.0, height: float = 4.5):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is slow to import
+    from matplotlib.figure import Figure  # lazy: matplotlib is slow to import
 
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)

@@ -10,16 +10,15 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import set_model
 
+from didact_core.learn.detector import Detector
+from didact_core.learn.registry import predict_frame
+
 
 class DidactDetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from didact_core.learn.detector import Detector
-
         self.detector = Detector.load(context.artifacts["detector"])
 
     def predict(self, context, model_input, params=None):
-        from didact_core.learn.registry import predict_frame
-
         return predict_frame(self.detector, pd.DataFrame(model_input))
 
 

@@ -25,6 +25,7 @@ the detector's ``config.json`` + ``weights.pt`` (``torch.load(weights_only=True)
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -33,8 +34,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from didact_core.config import Settings
 from didact_core.errors import RegistryError
+from didact_core.learn.detector import Detector
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,8 @@ class ModelRegistry:
     """Thin wrapper over ``MlflowClient`` for didact's aliases and model files."""
 
     def __init__(self, settings: Settings):
-        import mlflow
-        from mlflow import MlflowClient
+        import mlflow  # lazy: mlflow takes seconds to import
+        from mlflow import MlflowClient  # lazy: mlflow takes seconds to import
 
         self.settings = settings
         self.name = settings.model_name
@@ -75,7 +79,7 @@ class ModelRegistry:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run a registry call; connection problems become a RegistryError."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
 
         try:
             return fn(*args, **kwargs)
@@ -98,7 +102,7 @@ class ModelRegistry:
     @contextlib.contextmanager
     def run(self, run_name: str, tags: dict | None = None):
         """An MLflow run that always ends: FINISHED, or FAILED when the block raises."""
-        import mlflow
+        import mlflow  # lazy: mlflow takes seconds to import
 
         if mlflow.active_run() is not None:  # never nest into a stray run of the process
             mlflow.end_run("FAILED")
@@ -114,9 +118,8 @@ class ModelRegistry:
     def log_and_register(self, detector, example, tags: dict | None = None) -> ModelVersionInfo:
         """Log ``detector`` in the active run as a pyfunc model with a signature and
         register it as a new version (alias ``challenger``)."""
-        import mlflow
-        import pandas as pd
-        from mlflow.models import infer_signature
+        import mlflow  # lazy: mlflow takes seconds to import
+        from mlflow.models import infer_signature  # lazy: mlflow takes seconds to import
 
         with tempfile.TemporaryDirectory(prefix="didact-model-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about int columns and type hints
@@ -142,7 +145,7 @@ class ModelRegistry:
         return self.version(version)
 
     def _ensure_registered(self) -> None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
 
         try:
             self.client.get_registered_model(self.name)
@@ -156,7 +159,7 @@ class ModelRegistry:
 
     def versions(self) -> list[ModelVersionInfo]:
         """All registered versions, oldest first, with their aliases."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
 
         try:
             found = self.client.search_model_versions(f"name='{self.name}'")
@@ -174,7 +177,7 @@ class ModelRegistry:
 
     def alias(self, alias: str) -> int | None:
         """The version an alias points at, or None."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
 
         try:
             return int(self.client.get_model_version_by_alias(self.name, alias).version)
@@ -204,9 +207,7 @@ class ModelRegistry:
     # -- model files ----------------------------------------------------------------
     def load(self, version: int):
         """The detector of a registered version (config.json + weights, never a pickle)."""
-        import mlflow
-
-        from didact_core.learn.detector import Detector
+        import mlflow  # lazy: mlflow takes seconds to import
 
         info = self.version(version)
         tmp = tempfile.mkdtemp(prefix="didact-load-")
@@ -240,8 +241,6 @@ class ModelRegistry:
 
 def predict_frame(detector, frame):
     """What the logged pyfunc model answers: reconstruction error, latent coordinates, OOD flag."""
-    import pandas as pd
-
     scores = detector.score_samples(frame)
     z = detector.embed(frame)
     out = pd.DataFrame({"reconstruction_error": scores})
@@ -249,6 +248,17 @@ def predict_frame(detector, frame):
         out[f"latent_{i}"] = z[:, i].astype("float64")
     out["ood"] = (scores > detector.threshold_).astype("float64")
     return out
+
+
+def log_png(png: bytes, name: str) -> None:
+    """Log PNG bytes as ``plots/<name>`` in the active MLflow run."""
+    # lazy: mlflow takes seconds to import
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), artifact_path="plots")
 
 
 def _info(mv) -> ModelVersionInfo:
@@ -263,6 +273,4 @@ def _info(mv) -> ModelVersionInfo:
 
 
 def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    return version(pkg)
+    return importlib.metadata.version(pkg)

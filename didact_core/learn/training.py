@@ -32,7 +32,7 @@ import torch
 
 from didact_core.learn.batching import ResidentBatches, pick_device, to_device_tensor
 from didact_core.errors import DidactError
-from didact_core.learn.models import ModelConfig, effective_batch_size
+from didact_core.learn.models.config import ModelConfig, effective_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -147,72 +147,33 @@ def train(
     if batches.n == 0:
         raise DidactError("training data", "is empty", "train on a partition with samples")
     val = to_device_tensor(X_val, dev) if X_val is not None and len(X_val) else None
+    loop = _Loop(model, cfg, dev, batches, warmup_steps)
 
-    compiled = should_compile(cfg, batches.n, dev)
-    loss_fn = torch.compile(model.loss) if compiled else model.loss
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-        fused=dev.type in ("cpu", "cuda"),
-    )
-    # a host sync per step costs nothing on CPU and stops a divergence at once;
-    # on a GPU check every few steps to keep the device queue full
-    check_every = 1 if dev.type == "cpu" else 50
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
-    n_batches = len(batches)
-
-    result = TrainResult(compiled=compiled, device=str(dev),
-                         monitored="val_loss" if val is not None else "train_loss")
+    result = TrainResult(compiled=loop.compiled, device=str(dev),
+                         monitored="val_loss" if val is not None else "train_loss")  # fmt: skip
     if val is not None:
         result.initial_val_loss = evaluate_loss(model, val)
         if not math.isfinite(result.initial_val_loss):
             raise _diverged("validation loss of the starting weights", result.initial_val_loss, cfg)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad_epochs = 0
-    global_step = 0
     log.info(
         "training %s: %d samples (%d batches of %d), %s validation samples, device %s%s",
-        cfg.family, batches.n, n_batches, batches.batch_size,
-        0 if val is None else val.shape[0], dev, ", compiled" if compiled else "",
+        cfg.family, batches.n, len(batches), batches.batch_size,
+        0 if val is None else val.shape[0], dev, ", compiled" if loop.compiled else "",
     )
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         for epoch in range(cfg.max_epochs):
             t0 = time.perf_counter()
-            model.train()
-            running = torch.zeros((), device=dev)
-            for step, xb in enumerate(batches.epoch()):
-                if global_step < warmup_steps:  # linear ramp, reaching cfg.lr at the last step
-                    for group in opt.param_groups:
-                        group["lr"] = cfg.lr * (global_step + 1) / warmup_steps
-                global_step += 1
-                with autocast():
-                    loss = loss_fn(xb)
-                if step % check_every == 0 and not math.isfinite(v := loss.item()):
-                    raise _diverged(f"epoch {epoch}, step {step}", v, cfg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.detach()
-            train_loss = float(running.item()) / n_batches
-            if not math.isfinite(train_loss):
-                raise _diverged(f"epoch {epoch}", train_loss, cfg)
+            train_loss = loop.epoch(epoch)
             result.samples_seen += batches.samples_per_epoch
             val_loss = evaluate_loss(model, val) if val is not None else None
             if val_loss is not None and not math.isfinite(val_loss):
                 raise _diverged(f"validation after epoch {epoch}", val_loss, cfg)
-            seconds = time.perf_counter() - t0
-            result.history.append({
-                "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                "seconds": seconds, "samples": batches.samples_per_epoch,
-                "samples_per_s": batches.samples_per_epoch / seconds if seconds > 0 else 0.0,
-            })
-            log.info(
-                "epoch %d/%d: train loss %.4g, val loss %s, %.1f s (%.0f samples/s)",
-                epoch + 1, cfg.max_epochs, train_loss,
-                "-" if val_loss is None else f"{val_loss:.4g}", seconds,
-                result.history[-1]["samples_per_s"],
-            )
+            _record_epoch(result, cfg, epoch, train_loss, val_loss, batches.samples_per_epoch,
+                          time.perf_counter() - t0)  # fmt: skip
             if on_epoch is not None:
                 on_epoch(epoch, train_loss, val_loss)
 
@@ -232,3 +193,61 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+class _Loop:
+    """One optimiser over the resident batches: :meth:`epoch` runs one pass, returns its mean loss."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, dev: torch.device,
+                 batches: ResidentBatches, warmup_steps: int):  # fmt: skip
+        self.model, self.cfg, self.batches, self.warmup_steps = model, cfg, batches, warmup_steps
+        self.dev = dev
+        self.compiled = should_compile(cfg, batches.n, dev)
+        self.loss_fn = torch.compile(model.loss) if self.compiled else model.loss
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+            fused=dev.type in ("cpu", "cuda"),
+        )
+        # a host sync per step costs nothing on CPU and stops a divergence at once;
+        # on a GPU check every few steps to keep the device queue full
+        self.check_every = 1 if dev.type == "cpu" else 50
+        self.autocast = (
+            (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+        )
+        self.global_step = 0
+
+    def epoch(self, epoch: int) -> float:
+        cfg, opt = self.cfg, self.opt
+        self.model.train()
+        running = torch.zeros((), device=self.dev)
+        for step, xb in enumerate(self.batches.epoch()):
+            if self.global_step < self.warmup_steps:  # linear ramp, reaching cfg.lr at the last step
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (self.global_step + 1) / self.warmup_steps
+            self.global_step += 1
+            with self.autocast():
+                loss = self.loss_fn(xb)
+            if step % self.check_every == 0 and not math.isfinite(v := loss.item()):
+                raise _diverged(f"epoch {epoch}, step {step}", v, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.detach()
+        train_loss = float(running.item()) / len(self.batches)
+        if not math.isfinite(train_loss):
+            raise _diverged(f"epoch {epoch}", train_loss, cfg)
+        return train_loss
+
+
+def _record_epoch(result: TrainResult, cfg: ModelConfig, epoch: int, train_loss: float,
+                  val_loss: float | None, samples: int, seconds: float) -> None:  # fmt: skip
+    result.history.append({
+        "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+        "seconds": seconds, "samples": samples,
+        "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+    })
+    log.info(
+        "epoch %d/%d: train loss %.4g, val loss %s, %.1f s (%.0f samples/s)",
+        epoch + 1, cfg.max_epochs, train_loss,
+        "-" if val_loss is None else f"{val_loss:.4g}", seconds, result.history[-1]["samples_per_s"],
+    )

@@ -1,12 +1,17 @@
-"""Power readers (node exporter via Prometheus, local RAPL, NVML, Redfish) and profiles.
+"""Power: readers (node exporter via Prometheus, local RAPL, NVML, Redfish), the spool
+of sampled watts, profiles per node and job flavour, and the ``power_profiles`` partition.
 
 Every reader is a :class:`PowerReader`: ``available() -> (ok, reason)`` and
 ``read(start, end) -> DataFrame(ts, node, source, watts)``; the sampling ones also
 ``sample()`` the current watts and can be polled with :func:`poll` / :class:`Poller`.
+:func:`power_profiles` turns samples into :class:`PowerProfiles`;
+``didact_core.power.partition`` stores a day's profiles in the warehouse.
 """
 
 from didact_core.power.base import Poller, PowerReader, SamplingPowerReader, counter_to_watts, empty_power, poll, power_frame
 from didact_core.power.nvml import NvmlReader
+from didact_core.power.profiles import PowerProfiles, power_profiles, profile_plot
+from didact_core.power.prometheus_power import PrometheusPowerReader
 from didact_core.power.rapl import RaplReader
 from didact_core.power.redfish import RedfishReader
 
@@ -26,15 +31,3 @@ __all__ = [
     "power_profiles",
     "profile_plot",
 ]
-
-
-def __getattr__(name):  # lazy: prometheus_power and profiles import heavier modules
-    if name == "PrometheusPowerReader":
-        from didact_core.power.prometheus_power import PrometheusPowerReader
-
-        return PrometheusPowerReader
-    if name in ("PowerProfiles", "power_profiles", "profile_plot"):
-        from didact_core.power import profiles
-
-        return getattr(profiles, name)
-    raise AttributeError(name)

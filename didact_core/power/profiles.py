@@ -43,13 +43,12 @@ import numpy as np
 import pandas as pd
 
 from didact_core.errors import DataQualityError
-from didact_core.schema import TS_DTYPE
+from didact_core.schema import TS_DTYPE, UNLABELLED
 
 log = logging.getLogger(__name__)
 
 #: which power source to profile when several are present (whole-node meters first)
 SOURCE_PRIORITY = ("redfish", "hwmon", "simulator", "prometheus", "rapl", "nvml")
-UNLABELLED = "(unlabelled)"
 J_PER_KWH = 3.6e6
 
 
@@ -140,6 +139,48 @@ def power_profiles(
     shed_fraction: float = 0.10,
 ) -> PowerProfiles:
     """Profile power samples; see the module doc.  Pure: inputs are not modified."""
+    src = _check_power(power, source)
+    df, dropped = _samples_of(power, src)
+    med, gap_limit = _add_segments(df, max_gap_s)
+    fits = _add_utilisation(df, ai_ready, idle_modes, med)
+    jobs_in = _add_labels(df, labels)
+    nodes = _node_table(df, fits, idle_util)
+    jobs = _job_table(df, jobs_in)
+    flavours = _flavour_table(df, jobs)
+    shed = _shedding(df, nodes, peak_hours, peak_tz, shed_fraction)
+    summary = {
+        "source": src,
+        "sources_present": sorted(set(power["source"].astype(str))),
+        "nodes": len(nodes),
+        "samples": len(df),
+        **dropped,
+        "interval_s": med,
+        "max_gap_s": gap_limit,
+        "gaps": int(nodes["gaps"].sum()),
+        "energy_kwh": float(nodes["energy_kwh"].sum()),
+        "energy_kwh_filled": float(nodes["energy_kwh_filled"].sum()),
+        "mean_w": float(nodes["mean_w"].sum()),
+        "peak_w": _cluster_peak_w(df, med),
+        "idle_baseline_w": float(nodes["idle_baseline_w"].sum()),
+        "utilisation_from": list(idle_modes) if fits is not None else None,
+        "fit_all_nodes": _overall_fit(df) if fits is not None else None,
+        "labelled_jobs": len(jobs),
+        "flavours": int((flavours["label"] != UNLABELLED).sum()),
+        "peak_hours": f"[{peak_hours[0]:02d}:00, {peak_hours[1]:02d}:00) {peak_tz}",
+        "shed_fraction": shed_fraction,
+        "cap_first": shed.loc[shed["capped"], "node"].tolist(),
+        "cap_saves_w": float(shed.loc[shed["capped"], "sheddable_w"].sum()),
+        "cluster_peak_hour_w": float(shed["peak_hour_mean_w"].sum()),
+    }
+    samples = df[["node", "ts", "watts", "util", "label", "segment_j", "dt_s"]].copy()
+    samples["ts"] = pd.to_datetime(samples["ts"], unit="ms", utc=True).astype(TS_DTYPE)
+    return PowerProfiles(
+        nodes=nodes, flavours=flavours, jobs=jobs, shedding=shed, samples=samples, summary=summary
+    )
+
+
+def _check_power(power: pd.DataFrame, source: str | None) -> str:
+    """The source to profile, after checking the frame has power samples at all."""
     need = {"ts", "node", "source", "watts"}
     if power is None or not need <= set(power.columns):
         raise DataQualityError(
@@ -151,7 +192,12 @@ def power_profiles(
         raise DataQualityError(
             "power samples", "are empty", "read power for the day first (no source had any)"
         )
-    src = choose_source(power, source)
+    return choose_source(power, source)
+
+
+def _samples_of(power: pd.DataFrame, src: str) -> tuple[pd.DataFrame, dict]:
+    """The source's samples as (node, ts in epoch ms, watts), sorted, without NaN watts
+    or duplicate (node, ts); and how many of each were dropped."""
     p = power.loc[power["source"].astype(str) == src, ["ts", "node", "watts"]]
     df = pd.DataFrame(
         {
@@ -164,8 +210,12 @@ def power_profiles(
     df = df.dropna(subset=["watts"]).sort_values(["node", "ts"], kind="stable")
     n_dup = int(df.duplicated(["node", "ts"]).sum())
     df = df.drop_duplicates(["node", "ts"]).reset_index(drop=True)
+    return df, {"nan_samples_dropped": n_nan, "duplicate_samples_dropped": n_dup}
 
-    # segments between consecutive samples of a node
+
+def _add_segments(df: pd.DataFrame, max_gap_s: float | None) -> tuple[float, float]:
+    """Segments between consecutive samples of a node (energy by the trapezoid rule, gaps
+    not bridged) as columns of ``df``; returns the median interval and the gap limit."""
     node_arr = df["node"].to_numpy()
     ts = df["ts"].to_numpy()
     w = df["watts"].to_numpy()
@@ -181,56 +231,65 @@ def power_profiles(
     df["covered_s"] = np.where(seg_ok, dt_s, 0.0)
     df["gap_s"] = np.where(seg_gap, dt_s, 0.0)
     df["is_gap"] = seg_gap
+    return med, gap_limit
 
-    # utilisation joined on (node, ts) (nearest within half an interval)
-    fits = None
-    if ai_ready is not None and len(ai_ready):
-        util = node_utilisation(ai_ready, idle_modes)
-        tol = int(max(1.0, 0.5 * med * 1000)) if np.isfinite(med) else 1
-        m = pd.merge_asof(
-            df[["ts", "node"]].reset_index().sort_values("ts"),
-            util.sort_values("ts"),
-            on="ts",
-            by="node",
-            direction="nearest",
-            tolerance=tol,
-        )
-        df["util"] = m.set_index("index")["util"].reindex(df.index).to_numpy()
-        have = df.dropna(subset=["util"])
-        fits = _fit(have) if len(have) else None
-    else:
+
+def _add_utilisation(df: pd.DataFrame, ai_ready: pd.DataFrame | None, idle_modes, med: float) -> pd.DataFrame | None:
+    """Utilisation joined on (node, ts), nearest within half an interval, as ``df["util"]``;
+    returns the per-node fits (None without utilisation)."""
+    if ai_ready is None or not len(ai_ready):
         df["util"] = np.nan
+        return None
+    util = node_utilisation(ai_ready, idle_modes)
+    tol = int(max(1.0, 0.5 * med * 1000)) if np.isfinite(med) else 1
+    m = pd.merge_asof(
+        df[["ts", "node"]].reset_index().sort_values("ts"),
+        util.sort_values("ts"),
+        on="ts",
+        by="node",
+        direction="nearest",
+        tolerance=tol,
+    )
+    df["util"] = m.set_index("index")["util"].reindex(df.index).to_numpy()
+    have = df.dropna(subset=["util"])
+    return _fit(have) if len(have) else None
 
-    # labels: each sample (and the segment starting at it) gets the label whose [start, end) holds it
+
+def _add_labels(df: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Each sample (and the segment starting at it) gets the label whose [start, end) holds
+    it, as ``df["label"]`` and ``df["job"]`` (-1: none); returns the jobs (None without labels)."""
     df["label"] = UNLABELLED
     df["job"] = -1
-    jobs_in = None
-    if labels is not None and len(labels):
-        jobs_in = labels.loc[:, ["node", "start", "end", "label"]].reset_index(drop=True).copy()
-        jobs_in["node"] = jobs_in["node"].astype(str)
-        jobs_in["start_ms"] = pd.to_datetime(jobs_in["start"], utc=True).astype(TS_DTYPE).array.asi8
-        jobs_in["end_ms"] = pd.to_datetime(jobs_in["end"], utc=True).astype(TS_DTYPE).array.asi8
-        jobs_in["job"] = np.arange(len(jobs_in))
-        right = (
-            jobs_in[["node", "start_ms", "end_ms", "job"]]
-            .rename(columns={"start_ms": "ts"})
-            .sort_values("ts")
-        )
-        m = pd.merge_asof(
-            df[["ts", "node"]].reset_index().sort_values("ts"),
-            right,
-            on="ts",
-            by="node",
-            direction="backward",
-        )
-        m = m.set_index("index").reindex(df.index)
-        inside = m["end_ms"].notna().to_numpy() & (df["ts"].to_numpy() < m["end_ms"].fillna(0).to_numpy())
-        job_idx = np.where(inside, m["job"].fillna(-1).to_numpy(), -1).astype(np.int64)
-        df["job"] = job_idx
-        lab = jobs_in["label"].astype(str).to_numpy()
-        df["label"] = np.where(job_idx >= 0, lab[np.clip(job_idx, 0, None)], UNLABELLED)
+    if labels is None or not len(labels):
+        return None
+    jobs_in = labels.loc[:, ["node", "start", "end", "label"]].reset_index(drop=True).copy()
+    jobs_in["node"] = jobs_in["node"].astype(str)
+    jobs_in["start_ms"] = pd.to_datetime(jobs_in["start"], utc=True).astype(TS_DTYPE).array.asi8
+    jobs_in["end_ms"] = pd.to_datetime(jobs_in["end"], utc=True).astype(TS_DTYPE).array.asi8
+    jobs_in["job"] = np.arange(len(jobs_in))
+    right = (
+        jobs_in[["node", "start_ms", "end_ms", "job"]]
+        .rename(columns={"start_ms": "ts"})
+        .sort_values("ts")
+    )
+    m = pd.merge_asof(
+        df[["ts", "node"]].reset_index().sort_values("ts"),
+        right,
+        on="ts",
+        by="node",
+        direction="backward",
+    )
+    m = m.set_index("index").reindex(df.index)
+    inside = m["end_ms"].notna().to_numpy() & (df["ts"].to_numpy() < m["end_ms"].fillna(0).to_numpy())
+    job_idx = np.where(inside, m["job"].fillna(-1).to_numpy(), -1).astype(np.int64)
+    df["job"] = job_idx
+    lab = jobs_in["label"].astype(str).to_numpy()
+    df["label"] = np.where(job_idx >= 0, lab[np.clip(job_idx, 0, None)], UNLABELLED)
+    return jobs_in
 
-    # per node
+
+def _node_table(df: pd.DataFrame, fits: pd.DataFrame | None, idle_util: float) -> pd.DataFrame:
+    """Per node: samples, span, energy, coverage, mean/peak watts, fit and idle baseline."""
     g = df.groupby("node", sort=True)
     nodes = pd.DataFrame(
         {
@@ -272,37 +331,32 @@ def power_profiles(
         nodes[c] = pd.to_datetime(nodes[c], unit="ms", utc=True).astype(TS_DTYPE)
     nodes = nodes.drop(columns=["energy_j"])
     nodes.index.name = "node"
-    nodes = nodes.reset_index()
+    return nodes.reset_index()
 
-    # jobs and flavours
-    if jobs_in is not None:
-        jg = df[df["job"] >= 0].groupby("job")
-        jobs = jobs_in[["job", "node", "start", "end", "label"]].copy()
-        jobs["wall_s"] = (jobs_in["end_ms"] - jobs_in["start_ms"]) / 1000.0
-        jobs["energy_kwh"] = (jg["segment_j"].sum() / J_PER_KWH).reindex(jobs["job"]).fillna(0.0).to_numpy()
-        jobs["covered_s"] = jg["covered_s"].sum().reindex(jobs["job"]).fillna(0.0).to_numpy()
-        jobs["peak_w"] = jg["watts"].max().reindex(jobs["job"]).to_numpy()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            jobs["mean_w"] = np.where(
-                jobs["covered_s"] > 0, jobs["energy_kwh"] * J_PER_KWH / jobs["covered_s"], np.nan
-            )
-        jobs["mean_util"] = jg["util"].mean().reindex(jobs["job"]).to_numpy()
-        jobs = jobs.drop(columns="job")
-    else:
-        jobs = pd.DataFrame(
-            columns=[
-                "node",
-                "start",
-                "end",
-                "label",
-                "wall_s",
-                "energy_kwh",
-                "covered_s",
-                "peak_w",
-                "mean_w",
-                "mean_util",
-            ]
+
+_JOB_COLUMNS = ["node", "start", "end", "label", "wall_s", "energy_kwh", "covered_s", "peak_w", "mean_w", "mean_util"]
+
+
+def _job_table(df: pd.DataFrame, jobs_in: pd.DataFrame | None) -> pd.DataFrame:
+    """Per labelled job: wall time, energy of the segments starting inside it, watts, utilisation."""
+    if jobs_in is None:
+        return pd.DataFrame(columns=_JOB_COLUMNS)
+    jg = df[df["job"] >= 0].groupby("job")
+    jobs = jobs_in[["job", "node", "start", "end", "label"]].copy()
+    jobs["wall_s"] = (jobs_in["end_ms"] - jobs_in["start_ms"]) / 1000.0
+    jobs["energy_kwh"] = (jg["segment_j"].sum() / J_PER_KWH).reindex(jobs["job"]).fillna(0.0).to_numpy()
+    jobs["covered_s"] = jg["covered_s"].sum().reindex(jobs["job"]).fillna(0.0).to_numpy()
+    jobs["peak_w"] = jg["watts"].max().reindex(jobs["job"]).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jobs["mean_w"] = np.where(
+            jobs["covered_s"] > 0, jobs["energy_kwh"] * J_PER_KWH / jobs["covered_s"], np.nan
         )
+    jobs["mean_util"] = jg["util"].mean().reindex(jobs["job"]).to_numpy()
+    return jobs.drop(columns="job")
+
+
+def _flavour_table(df: pd.DataFrame, jobs: pd.DataFrame) -> pd.DataFrame:
+    """Per label (``UNLABELLED`` for samples outside every job): energy, node hours, watts, jobs."""
     fg = df.groupby("label", sort=True)
     flavours = pd.DataFrame(
         {
@@ -329,9 +383,12 @@ def power_profiles(
     else:
         flavours["jobs"] = 0
     flavours.index.name = "label"
-    flavours = flavours.reset_index()
+    return flavours.reset_index()
 
-    # load shedding at peak hours
+
+def _shedding(df: pd.DataFrame, nodes: pd.DataFrame, peak_hours: tuple[int, int], peak_tz: str,
+              shed_fraction: float) -> pd.DataFrame:  # fmt: skip
+    """Load shedding at peak hours: nodes ranked by sheddable watts, the first ones capped."""
     local = pd.to_datetime(df["ts"], unit="ms", utc=True).dt.tz_convert(peak_tz)
     h0, h1 = peak_hours
     hour = local.dt.hour
@@ -350,56 +407,31 @@ def power_profiles(
     shed = shed.dropna(subset=["peak_hour_mean_w"]).sort_values(
         ["sheddable_w", "peak_hour_peak_w"], ascending=[False, False]
     )
-    cluster_peak = float(shed["peak_hour_mean_w"].sum())
-    target = shed_fraction * cluster_peak
+    target = shed_fraction * float(shed["peak_hour_mean_w"].sum())
     cum = shed["sheddable_w"].cumsum()
     shed["rank"] = np.arange(1, len(shed) + 1)
     shed["cumulative_sheddable_w"] = cum
     before = cum - shed["sheddable_w"]
     shed["capped"] = (before < target) & (shed["sheddable_w"] > 0)
     shed.index.name = "node"
-    shed = shed.reset_index()
+    return shed.reset_index()
 
-    # cluster totals on a common time grid (samples floored to the median interval)
+
+def _cluster_peak_w(df: pd.DataFrame, med: float) -> float:
+    """The cluster's peak draw on a common time grid (samples floored to the median
+    interval), over the slots where every node reported."""
     grid_ms = int(med * 1000) if np.isfinite(med) and med > 0 else 1000
     cluster = df.assign(slot=df["ts"] // grid_ms).groupby("slot")["watts"].agg(["sum", "size"])
     full = cluster[cluster["size"] == cluster["size"].max()]
-    overall = have_fit = None
-    if fits is not None:
-        have_fit = df.dropna(subset=["util"])
-        if len(have_fit) > 2:
-            f = _fit(have_fit.assign(node="all"))
-            overall = f.iloc[0].to_dict()
-    summary = {
-        "source": src,
-        "sources_present": sorted(set(power["source"].astype(str))),
-        "nodes": len(nodes),
-        "samples": len(df),
-        "nan_samples_dropped": n_nan,
-        "duplicate_samples_dropped": n_dup,
-        "interval_s": med,
-        "max_gap_s": gap_limit,
-        "gaps": int(nodes["gaps"].sum()),
-        "energy_kwh": float(nodes["energy_kwh"].sum()),
-        "energy_kwh_filled": float(nodes["energy_kwh_filled"].sum()),
-        "mean_w": float(nodes["mean_w"].sum()),
-        "peak_w": float(full["sum"].max()) if len(full) else float("nan"),
-        "idle_baseline_w": float(nodes["idle_baseline_w"].sum()),
-        "utilisation_from": list(idle_modes) if fits is not None else None,
-        "fit_all_nodes": overall,
-        "labelled_jobs": len(jobs),
-        "flavours": int((flavours["label"] != UNLABELLED).sum()),
-        "peak_hours": f"[{h0:02d}:00, {h1:02d}:00) {peak_tz}",
-        "shed_fraction": shed_fraction,
-        "cap_first": shed.loc[shed["capped"], "node"].tolist(),
-        "cap_saves_w": float(shed.loc[shed["capped"], "sheddable_w"].sum()),
-        "cluster_peak_hour_w": cluster_peak,
-    }
-    samples = df[["node", "ts", "watts", "util", "label", "segment_j", "dt_s"]].copy()
-    samples["ts"] = pd.to_datetime(samples["ts"], unit="ms", utc=True).astype(TS_DTYPE)
-    return PowerProfiles(
-        nodes=nodes, flavours=flavours, jobs=jobs, shedding=shed, samples=samples, summary=summary
-    )
+    return float(full["sum"].max()) if len(full) else float("nan")
+
+
+def _overall_fit(df: pd.DataFrame) -> dict | None:
+    """One watts-vs-utilisation fit over every node's samples (None with too few)."""
+    have_fit = df.dropna(subset=["util"])
+    if len(have_fit) <= 2:
+        return None
+    return _fit(have_fit.assign(node="all")).iloc[0].to_dict()
 
 
 def profile_plot(
@@ -407,7 +439,8 @@ def profile_plot(
 ) -> bytes:
     """A 2×2 PNG: cluster power over time, watts vs utilisation with fits, energy per node,
     and job wall time vs energy by flavour (or mean watts per flavour without jobs)."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, thread-safe
+    # lazy: matplotlib is heavy to import; no pyplot: no global state, thread-safe
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 8), dpi=dpi)
     axes = fig.subplots(2, 2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from didact_core.learn.models import ModelConfig
+from didact_core.learn.models.config import ModelConfig
 
 # ReLU runs in place on the Linear output (which its backward does not need): one
 # pass over the activations instead of an allocation plus a pass

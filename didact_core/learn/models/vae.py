@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from didact_core.learn.models import ModelConfig
+from didact_core.learn.models.config import ModelConfig
 from didact_core.learn.models.autoencoder import mlp
 
 

@@ -1,0 +1,171 @@
+"""Partition files: Parquet parts, their content hashes, and the writer of a new version.
+
+A table of a partition version is a folder of parts (``part-00000.parquet`` …), one per
+block of whole nodes, so worker processes can write parts in parallel
+(:func:`write_part` touches only its own path).  A part's digest hashes its column
+names, kinds and values (:func:`frame_digest`); a version's data version combines its
+tables' ordered part digests (:func:`combine_digests`).  :class:`PartitionWriter`
+collects the parts of a new version in a private temporary folder until the catalog
+(``data.warehouse``) publishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from didact_core.errors import DidactError
+
+#: string columns read back as categoricals (few distinct values, many rows)
+DICTIONARY_COLUMNS = ("node", "source", "label", "fault")
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """Content hash of one frame: column names, kinds and values (xxh3-128)."""
+    h = xxhash.xxh3_128()
+    for name in df.columns:
+        kind, data = _column_bytes(df[name])
+        h.update(f"{name}:{kind}:".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _column_bytes(col: pd.Series) -> tuple[str, memoryview]:
+    dtype = col.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        ms = col.dt.tz_convert("UTC").astype("datetime64[ms, UTC]").array.asi8
+        return "ts_ms", memoryview(np.ascontiguousarray(ms))
+    if pd.api.types.is_datetime64_dtype(dtype):
+        return "ts_ms", memoryview(np.ascontiguousarray(col.astype("datetime64[ms]").to_numpy().view(np.int64)))
+    if isinstance(dtype, pd.CategoricalDtype) or dtype == object or pd.api.types.is_string_dtype(dtype):
+        values = col if isinstance(dtype, pd.CategoricalDtype) else col.astype(str)
+        return "str", memoryview(pd.util.hash_pandas_object(values, index=False).to_numpy())
+    arr = np.ascontiguousarray(col.to_numpy())
+    return str(arr.dtype), memoryview(arr).cast("B")
+
+
+def combine_digests(tables: dict[str, list[str]]) -> str:
+    """A version's data version from its tables' ordered part digests."""
+    h = xxhash.xxh3_64()
+    for name in sorted(tables):
+        h.update(name.encode() + b"=" + ",".join(tables[name]).encode() + b";")
+    return h.hexdigest()
+
+
+def content_hash(tables: dict[str, list[pd.DataFrame] | pd.DataFrame]) -> str:
+    """The data version of tables given as their parts, as the warehouse computes it."""
+    return combine_digests(
+        {n: [frame_digest(p) for p in ([v] if isinstance(v, pd.DataFrame) else v)] for n, v in tables.items()}
+    )
+
+
+def write_part(path: Path, df: pd.DataFrame) -> tuple[int, str]:
+    """Write one part file (atomically named by the caller's folder); return rows and digest.
+
+    Safe to call from worker processes: it touches only ``path``.
+    """
+    digest = frame_digest(df)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="lz4", row_group_size=1 << 20)
+    return len(df), digest
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """One part file as a frame (string key columns as categoricals)."""
+    return pq.read_table(path, read_dictionary=dict_columns(path)).to_pandas()
+
+
+def dict_columns(path: Path) -> list[str]:
+    schema = pq.read_schema(path)
+    return [n for n in DICTIONARY_COLUMNS if n in schema.names]
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartitionWriter:
+    """Stream tables into a new partition version; nothing is visible until :meth:`commit`.
+
+    Use as a context manager: an exception inside the block discards the temporary
+    files and leaves the catalog untouched.
+    """
+
+    def __init__(self, wh, asset: str, partition: str):
+        # wh: the catalog (data.warehouse.Warehouse) that publishes the version
+        self.wh, self.asset, self.partition = wh, asset, partition
+        self.parent = wh.data_dir / asset / partition
+        self.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.parent / f".tmp-{uuid.uuid4().hex[:12]}"
+        self.tmp.mkdir()
+        self._parts: dict[str, list[tuple[int, str]]] = {}
+        self._done = False
+
+    def write(self, table: str, df: pd.DataFrame) -> None:
+        """Append ``df`` to ``table`` as its next part (a part holds whole nodes)."""
+        rows, digest = write_part(self.part_path(table, len(self._parts.get(table, []))), df)
+        self.add_part(table, rows, digest)
+
+    def part_path(self, table: str, index: int) -> Path:
+        """Where part ``index`` of ``table`` goes — for workers writing parts themselves."""
+        if not table.isidentifier():
+            raise DidactError(f"table name {table!r}", "must be a plain identifier")
+        return self.tmp / table / f"part-{index:05d}.parquet"
+
+    def add_part(self, table: str, rows: int, digest: str) -> None:
+        """Register the next part of ``table``, written at ``part_path(table, n)``."""
+        parts = self._parts.setdefault(table, [])
+        if not self.part_path(table, len(parts)).exists():
+            raise DidactError(f"{self.asset}/{self.partition} {table} part {len(parts)}", "was not written")
+        parts.append((rows, digest))
+
+    def data_version(self) -> str:
+        return combine_digests({t: [d for _, d in parts] for t, parts in self._parts.items()})
+
+    def commit(
+        self,
+        code_version: str | None = None,
+        upstream: dict | None = None,
+        run_id: str | None = None,
+        metadata: dict | None = None,
+    ):
+        """Publish the files as the partition's next version and make it the head; returns
+        the catalog's ``VersionInfo`` of it."""
+        if self._done:
+            raise DidactError(f"{self.asset}/{self.partition}", "this writer was already committed or aborted")
+        if not self._parts:
+            raise DidactError(f"{self.asset}/{self.partition}", "nothing was written", "write at least one table")
+        for f in self.tmp.rglob("*.parquet"):
+            fsync(f)
+        rows = {t: sum(r for r, _ in parts) for t, parts in self._parts.items()}
+        info = self.wh.publish(
+            self.asset, self.partition, self.tmp, self.data_version(), code_version, upstream or {},
+            run_id, rows, metadata or {},
+        )  # fmt: skip
+        self._done = True
+        return info
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self) -> "PartitionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()

@@ -1,0 +1,20 @@
+"""Fixed data days: no test may depend on the date the suite runs (issue 15).
+
+The window ends well after ``DIDACT_START_DATE``'s default (2026-01-01) and before the
+suite's first run, so every day is a valid, complete partition whenever the suite runs.
+The simulator's data of a day depend on the day, so a test's outcome may too: with
+these days the small models of the tests pass the promotion gate on three days in a
+row (with the window ending 2026-03-10 the third day's challenger is 9 % worse).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+#: the newest day of the window
+LAST_DAY = dt.date(2026, 2, 10)
+
+
+def fixed_days(n: int) -> list[str]:
+    """``n`` consecutive days ending on :data:`LAST_DAY`, oldest first (ISO strings)."""
+    return [(LAST_DAY - dt.timedelta(days=i)).isoformat() for i in reversed(range(n))]
