@@ -5,13 +5,17 @@
 #   prometheus-node-exporter real node exporter (source tests)
 #   stress-ng                CPU load for the node-exporter test and power demos
 #   chromium                 headless browser for dashboard screenshots
+#   slurmctld slurmd munge   a real single-node Slurm (22.05) for the Slurm executor tests
+#   slurm-client             sbatch / squeue / scontrol / scancel
+#   postgresql               a real PostgreSQL 15 for the Dagster-on-Postgres tests
 #
 # Idempotent: packages already installed are skipped, `apt-get update` runs only when
 # something must be installed and the package lists are missing or older than a day.
 # Quiet: prints one line per action; apt's chatter goes to a log file shown on failure.
 set -euo pipefail
 
-PACKAGES=(prometheus prometheus-node-exporter stress-ng chromium openmpi-bin libopenmpi-dev)
+PACKAGES=(prometheus prometheus-node-exporter stress-ng chromium openmpi-bin libopenmpi-dev
+          slurmctld slurmd munge slurm-client postgresql)
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
@@ -65,7 +69,8 @@ fi
 
 # Debian starts the services on install where an init system runs; tests start their own
 # instances on free ports, so a system copy is harmless, but say where they come from.
-for bin in /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-node-exporter; do
+for bin in /usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-node-exporter \
+           /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged /usr/bin/sbatch /usr/bin/scontrol; do
     [ -x "$bin" ] || { echo "install_system_deps: $bin missing after install" >&2; exit 1; }
 done
 echo "install_system_deps: done"
