@@ -22,8 +22,9 @@ from didact_core.power.redfish import RedfishReader
 from .conftest import REPO
 
 # read outside config.py on purpose: a marker the testbed recorder puts into its children's
-# environment, and a Python constant that names a metric (not a variable)
-ALLOWED = {"DIDACT_TESTBED_TAG", "DIDACT_POWER_METRIC"}
+# environment, the task index an executor gives each task of an array (engine/base.py), and a
+# Python constant that names a metric (not a variable)
+ALLOWED = {"DIDACT_TESTBED_TAG", "DIDACT_POWER_METRIC", "DIDACT_TASK_INDEX"}
 VAR_NAME = re.compile(r"^DIDACT_[A-Z0-9_]*$")
 
 
