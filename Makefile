@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "== installing torch ($(TORCH_SPEC)) first, then didact and its pins"
 	@$(PIP) install -q --disable-pip-version-check $(TORCH_SPEC) 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PIP) install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import torch, dagster, dagster_mlflow, mlflow, duckdb, didact_core, didact_assets" \
+	@$(PY) -W ignore -c "import torch, dagster, dagster_mlflow, mlflow, duckdb, didact_core, didact_assets" \
 		|| { echo "install failed"; exit 1; }
 	@touch $@
 

@@ -63,3 +63,9 @@ def version_number(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a version: give vN or N (N ≥ 1), e.g. v2 or 2")
     return value
+
+
+def last_days(n: int) -> list[str]:
+    """The last ``n`` complete UTC days, oldest first (the defaults of ``--days``)."""
+    y = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    return [(y - dt.timedelta(days=i)).isoformat() for i in reversed(range(n))]

@@ -10,6 +10,8 @@ import pytest
 
 from didact_core.config import Settings
 
+from .days import LAST_DAY, fixed_days
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Tests never touch the user's ./.didact: everything below gets its own home.
@@ -17,13 +19,15 @@ os.environ.setdefault("DIDACT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) 
 
 
 def yesterday() -> dt.date:
-    return dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    """The newest fixed data day (:data:`tests.days.LAST_DAY`), not the real yesterday: no
+    test may depend on the date the suite runs (issue 15)."""
+    return LAST_DAY
 
 
 def last_days(n: int) -> list[str]:
-    """The last ``n`` complete UTC days, oldest first (all inside the partition range)."""
-    y = yesterday()
-    return [(y - dt.timedelta(days=i)).isoformat() for i in reversed(range(n))]
+    """``n`` fixed consecutive days ending on :func:`yesterday`, oldest first (all inside
+    the partition range: after DIDACT_START_DATE's default, before any run of the suite)."""
+    return fixed_days(n)
 
 
 @pytest.fixture

@@ -121,3 +121,19 @@ def test_evaluate_seed_reaches_the_evaluation_settings(capsys, monkeypatch, tmp_
     rc, out, _ = run(capsys, "testbed", "evaluate", "--days", "2026-11-20,2026-11-21", "--seed", "11")
     assert rc == 0 and "seed 11" in out
     assert seen == [(7, ["2026-11-20"]), (11, ["2026-11-20", "2026-11-21"])]
+
+
+@pytest.mark.slow
+def test_demo_off_a_terminal_reports_each_asset_of_each_day_in_plain_lines(didact_env):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "didact_assets.cli", "demo", "--job", "data_spine", "--days", "2"],
+                       cwd=REPO, env=didact_env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "\x1b" not in r.stdout
+    lines = r.stdout.splitlines()
+    for asset in ("raw_node_metrics", "job_labels", "ai_ready_metrics"):
+        assert sum(re.fullmatch(rf"data_spine \d{{4}}-\d\d-\d\d: [123]/3 {asset} done", ln) is not None
+                   for ln in lines) == 2, r.stdout  # fmt: skip
+    assert [ln for ln in lines if ln.startswith("data_spine: days: ")][-1].startswith("data_spine: days: 2/2 ")

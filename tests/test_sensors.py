@@ -83,7 +83,8 @@ def test_drift_sensor_fires_above_not_below_the_threshold(settings, instance, mo
     [req] = result.run_requests
     assert req.tags["didact/trigger"] == "drift"
     assert "OOD rate 12.00% > threshold 5.00%" in req.tags["didact/reason"]
-    assert req.partition_key == last_days(1)[0]
+    # the drift sensor retrains on the real yesterday (the newest complete day), not a fixed test day
+    assert req.partition_key == (now.date() - dt.timedelta(days=1)).isoformat()
 
     # cooling down: no storm of retrains
     result, _ = evaluate(drift_sensor, instance, cursor, didact=resource(settings))

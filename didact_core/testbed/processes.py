@@ -4,7 +4,6 @@ their tag, stop them, and count the CPU time they and the node used."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -12,25 +11,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from didact_core.procs import pdeathsig, terminate_tree
+
 #: a stopped workload gets this long after SIGTERM before SIGKILL
 STOP_GRACE_S = 5.0
-
-
-def _load_prctl():
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(None, use_errno=True).prctl
-    return None
-
-
-#: looked up once in the parent: the child between fork and exec only calls it
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def pdeathsig() -> None:  # runs in the child before exec
-    """Ask Linux to SIGTERM the child when the recorder dies (so nothing is left over)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 #: the recorder's node exporter and Prometheus run at this nice value when allowed (root):
@@ -112,14 +96,9 @@ def stop_tagged(proc: subprocess.Popen, tag: str, grace_s: float = STOP_GRACE_S)
 
 
 def stop_service(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM a service, SIGKILL it after ``grace_s``; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """SIGTERM a service (its process group and every descendant), SIGKILL what is left
+    after ``grace_s``; reap it."""
+    terminate_tree(proc, grace_s)
 
 
 def node_busy_s() -> float:

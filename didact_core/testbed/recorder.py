@@ -53,9 +53,10 @@ from pathlib import Path
 
 from didact_core.config import Settings
 from didact_core.errors import DidactError
+from didact_core.procs import pdeathsig
 from didact_core.testbed.labels_csv import LabelsWriter
 from didact_core.testbed.processes import (
-    TAG_VAR, cpu_ticks, node_busy_s, pdeathsig, sample_cpu, stop_tagged,
+    TAG_VAR, cpu_ticks, node_busy_s, sample_cpu, stop_tagged,
 )  # fmt: skip
 from didact_core.testbed.progress import Interrupts, ProgressEvent
 from didact_core.testbed.scrapes import discover_node, wait_for_scrapes
