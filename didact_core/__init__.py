@@ -15,3 +15,8 @@ Each part is usable and tested without Dagster.
 """
 
 __version__ = "0.1.0"
+
+# stored MLflow models of before the stage layout import old module names (legacy.py)
+from didact_core import legacy as _legacy  # noqa: E402
+
+_legacy.install()

@@ -18,7 +18,8 @@ class DidactDetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.detector = Detector.load(context.artifacts["detector"])
 
-    def predict(self, context, model_input, params=None):
+    # type hints: MLflow skips its input validation for a DataFrame hint, and says nothing
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return predict_frame(self.detector, pd.DataFrame(model_input))
 
 
