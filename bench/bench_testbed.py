@@ -11,9 +11,11 @@ the flavours can be told apart.
 3. per flavour: labelled segments and AI-ready samples; the model-free baseline: per
    segment the mean CPU-mode fractions (and the spread of busy time across CPUs),
    classified by leave-one-segment-out nearest centroid (accuracy vs chance, confusion);
-4. the model evaluation: ``didact_core.testbed.evaluation.evaluate(settings, days, labels_csv)``
-   if that module exists (the lead's; it receives this recording), else
-   "model evaluation: not available yet".
+4. the model evaluation: ``didact_core.testbed.evaluation.evaluate`` — split by whole
+   labelled segments, over ``--seeds`` (mean ± std), per flavour with its counts and every
+   flavour or segment left out with the reason (``testbed.eval_report.report_lines``).
+   Cross-recording (train on one recording, judge another) is ``didact testbed evaluate
+   --train-days A --test-days B --cross`` (bench/README_testbed.md).
 
 Everything goes into a fresh DIDACT_HOME (``--home``, default a new temp folder, kept so
 the recording can be looked at or trained on afterwards).  The node is whatever else
@@ -25,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
-import inspect
 import os
 import platform
 import sys
@@ -46,6 +46,7 @@ from didact_core.errors import DidactError  # noqa: E402
 from didact_core.data.labels import read_labels  # noqa: E402
 from didact_core.data.warehouse import Warehouse  # noqa: E402
 from didact_core.schema import CPU_FRACTIONS  # noqa: E402
+from didact_core.testbed.eval_report import report_lines  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -58,17 +59,12 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def evaluate_recording(settings: Settings, days: list[dt.date], labels_csv: Path):
-    """The lead's model evaluation of a recording (``didact_core.testbed.evaluation.evaluate``,
-    on the ingested, labelled AI-ready days), or None while that module does not exist."""
-    if importlib.util.find_spec("didact_core.testbed.evaluation") is None:
-        return None
+def evaluate_recording(settings: Settings, days: list[dt.date], seeds: list[int]) -> dict:
+    """The segment-honest model evaluation of a recording (``didact_core.testbed.evaluation``)
+    on the ingested, labelled AI-ready days, over ``seeds``."""
     from didact_core.testbed import evaluation as testbed_eval
 
-    kw = {}
-    if "labels_csv" in inspect.signature(testbed_eval.evaluate).parameters:
-        kw["labels_csv"] = labels_csv
-    return testbed_eval.evaluate(settings, [d.isoformat() for d in days], **kw)
+    return testbed_eval.evaluate(settings, [d.isoformat() for d in days], seeds=seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=45, help="segments to record (default 45 = 5 rounds of 9)")
     p.add_argument("--segment-seconds", type=float, default=60.0)
     p.add_argument("--flavours", default=None, help=f"comma list (default all: {','.join(testbed.WORKLOADS)})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the recording's segment order")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the evaluation's split and model (default 0,1,2)")
     p.add_argument("--home", default=None, help="DIDACT_HOME to record into (default: a new temp folder)")
     p.add_argument("--prometheus-url", default=None, help="use this Prometheus instead of starting one")
     p.add_argument("--node-name", default=None)
@@ -165,23 +162,17 @@ def main(argv: list[str] | None = None) -> int:
 
     t2 = time.monotonic()
     try:
-        model = evaluate_recording(settings, rec.days, csv)
-    except (DidactError, NotImplementedError) as e:
+        model = evaluate_recording(settings, rec.days, [int(x) for x in args.seeds.split(",") if x.strip()])
+    except DidactError as e:
         print(f"\nmodel evaluation: failed: {e}")
         return 1
-    if model is None:
-        print("\nmodel evaluation: not available yet (didact_core.testbed.evaluation.evaluate)")
-    else:
-        print(f"\nmodel evaluation (didact_core.testbed.evaluation.evaluate, {time.monotonic() - t2:.0f} s):")
-        if isinstance(model, dict):
-            png = model.pop("plot_png", None)
-            if png:
-                (home / "testbed" / "latent.png").write_bytes(png)
-                model["plot"] = str(home / "testbed" / "latent.png")
-            for k, v in model.items():
-                print(f"  {k}: {v}")
-        else:
-            print(f"  {model}")
+    print(f"\nmodel evaluation (didact_core.testbed.evaluation.evaluate, {time.monotonic() - t2:.0f} s):")
+    (home / "testbed" / "latent.png").write_bytes(model.pop("plot_png"))
+    for run in model["runs"]:
+        print(f"per flavour, {run['name']}:")
+        print(pd.DataFrame(run["flavour_rows"]).to_string(index=False))
+    print("\n".join(report_lines(model)))
+    print(f"latent plot {home / 'testbed' / 'latent.png'}; MLflow run {model.get('mlflow_run_id', '')}")
     print(f"\nthe recording stays in {home}: labels {csv}, TSDB {testbed.tsdb_dir(settings)}")
     return 0
 

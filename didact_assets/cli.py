@@ -17,6 +17,7 @@ from didact_assets import cli_args as args_
 from didact_assets import cli_services as services
 from didact_assets.cli_args import last_days
 from didact_assets.cli_output import console, reporter, table
+from didact_assets.cli_testbed_eval import add_evaluate_arguments
 from didact_core.config import Settings
 from didact_core.errors import DidactError
 from didact_core.procs import StopRequested
@@ -359,14 +360,8 @@ def _add_testbed_parser(sub) -> None:
     srv.add_argument("--port", type=args_.port, default=9090, help="port on 127.0.0.1 (default 9090)")
     srv.set_defaults(func=services.cmd_testbed_serve)
 
-    ev = tsub.add_parser("evaluate", help="train on ingested days; how well the latent separates the flavours")
-    ev.add_argument("--days", type=args_.days, help="comma-separated days YYYY-MM-DD (default yesterday)")
-    ev.add_argument("--max-train", type=args_.int_at_least(1, "--max-train 60000"), default=60_000,
-                    help="training samples at most (default 60000)")  # fmt: skip
-    ev.add_argument("--epochs", type=args_.int_at_least(1, "--epochs 20"), default=None,
-                    help="training epochs (default: DIDACT_MODEL_MAX_EPOCHS)")  # fmt: skip
-    ev.add_argument("--seed", type=int, help="seed of the splits, sampling and model (default: DIDACT_SEED)")
-    ev.set_defaults(func=services.cmd_testbed_evaluate)
+    ev = tsub.add_parser("evaluate", help="train on ingested days; judge held-out segments or another recording")
+    add_evaluate_arguments(ev)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,30 +76,6 @@ def _spool_progress(rep, settings: Settings, seconds: float | None):
         scan(False)  # the last flush
 
 
-def cmd_testbed_evaluate(args, settings: Settings) -> int:
-    from didact_core.testbed import evaluation as testbed_eval
-
-    if args.seed is not None:  # the evaluation's splits, sampling and model initialisation
-        settings = settings.replace(seed=args.seed)
-    days = args.days or args_.last_days(1)
-    console.print(f"evaluating on {', '.join(days)} with features {', '.join(settings.features)}, "
-                  f"window {settings.window}, seed {settings.seed}")  # fmt: skip
-    r = testbed_eval.evaluate(settings, days, max_train=args.max_train, epochs=args.epochs)
-    rows = [{"flavour": f, "test samples": r["samples_by_flavour"].get(f, 0),
-             "latent kNN": f"{r['latent_knn_by_flavour'].get(f, float('nan')):.3f}",
-             "by segment": f"{r.get('latent_knn_by_segment_by_flavour', {}).get(f, float('nan')):.3f}",
-             "open-set AUC": "–" if r["openset_auc_by_flavour"].get(f) is None else f"{r['openset_auc_by_flavour'][f]:.3f}"}
-            for f in r["flavours"]]  # fmt: skip
-    console.print(table("per flavour", rows))
-    console.print(
-        f"latent-2 kNN accuracy {r['latent_knn_accuracy']:.3f}, by segment "
-        f"{r.get('latent_knn_accuracy_by_segment', float('nan')):.3f} (PCA-2 {r['pca2_knn_accuracy']:.3f}, "
-        f"raw features {r['raw_knn_accuracy']:.3f}); open-set AUC {r['openset_auc']:.3f}; "
-        f"{r['n_params']} parameters; MLflow run {r.get('mlflow_run_id', '')}"
-    )
-    return 0
-
-
 def cmd_testbed_record(args, settings: Settings) -> int:
     from didact_core import testbed
 

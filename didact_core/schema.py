@@ -27,11 +27,16 @@ RAW_POWER_COLUMNS = ("ts", "node", "source", "watts")
 LABEL_COLUMNS = ("node", "start", "end", "label")
 #: the AI-ready ``label`` of a sample that no labelled interval covers
 NO_LABEL = "unknown"
+#: the reserved label of an interval to leave out (a hung segment, installs beside a workload):
+#: its samples are dropped from ``ai_ready_metrics`` (counted as ``excluded_samples``), so no
+#: training or evaluation sees them; it may overlap job labels
+EXCLUDE = "exclude"
 #: how tables, plots and power profiles show a sample without a job label
 UNLABELLED = "(unlabelled)"
 #: raw label values that mean "no label": the AI-ready default, the display value, empty,
-#: and missing values written out as text (a CSV or a str() of NaN/None/pd.NA)
-NO_LABEL_MARKERS: tuple[str, ...] = (NO_LABEL, UNLABELLED, "", "nan", "None", "<NA>")
+#: and missing values written out as text (a CSV or a str() of NaN/None/pd.NA); ``exclude``
+#: names no flavour either
+NO_LABEL_MARKERS: tuple[str, ...] = (NO_LABEL, UNLABELLED, "", "nan", "None", "<NA>", EXCLUDE)
 
 TS_DTYPE = "datetime64[ms, UTC]"
 

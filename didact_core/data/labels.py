@@ -2,10 +2,34 @@
 
 Accepted inputs
 ---------------
-**CSV** (``read_labels_csv``): a header line naming at least ``node,start,end,label``
-(any order, extra columns ignored, ``#`` comment lines allowed).  Times are ISO 8601
-(``2026-01-01T10:00:00Z``, ``2026-01-01 10:00:00+01:00``; no zone = ``tz``, UTC by
-default) or Unix epoch seconds.  ``end`` is exclusive.
+**CSV** (``read_labels_csv``; ``DIDACT_LABELS_CSV``, ``didact testbed ingest --labels``)::
+
+    # comment lines start with '#'; blank lines are skipped
+    node,start,end,label
+    testbed01,2026-11-27T10:00:00Z,2026-11-27T10:01:00Z,cpu_n
+    testbed01,1795773660,1795773720,io_good
+    testbed01,2026-11-27 11:05:00+01:00,2026-11-27 11:16:00+01:00,exclude
+
+* a header line naming at least ``node,start,end,label`` (any order, any case, extra
+  columns ignored);
+* ``node``: the node's name *as the telemetry names it*: with the Prometheus source that is
+  the value of the label ``DIDACT_PROMETHEUS_NODE_LABEL`` picks (default ``instance``, e.g.
+  ``127.0.0.1:9100``; set it to ``node``/``nodename`` or relabel in Prometheus to use host
+  names).  A node that is not in the day's raw data is an error that lists the known ones;
+* ``start``/``end``: ISO 8601 (``2026-01-01T10:00:00Z``, ``2026-01-01 10:00:00+01:00``; no
+  zone = ``tz``, UTC by default) or Unix epoch seconds (decimals allowed), mixed freely;
+* **end exclusive**: a label covers ``start ≤ t < end``.  An AI-ready sample is the interval
+  between two scrapes and takes the label that holds its *middle* (``ts − dt_s/2``), so
+  with 1 s scrapes ``10:00:00–10:01:00`` labels the 60 intervals ending 10:00:01 … 10:01:00,
+  and back-to-back labels (one's end = the next's start) never share a sample;
+* ``label``: the job flavour; a sample no label covers is ``unknown`` (unlabelled: trained
+  on, never scored).  The reserved label **``exclude``** (:data:`~didact_core.schema.EXCLUDE`)
+  marks an interval to leave out — a segment that hung, installs running beside a
+  workload: its samples are dropped from ``ai_ready_metrics`` and counted as
+  ``excluded_samples`` in the cleaning report, so neither training nor evaluation sees
+  them.  ``exclude`` intervals may overlap job labels (that is their use);
+* overlapping job labels on one node are an error unless ``allow_overlap=True`` (Python
+  argument of the readers; then the label that started last holds a sample).
 
 **Slurm** (``read_sacct``): the output of ::
 
@@ -41,11 +65,13 @@ import numpy as np
 import pandas as pd
 
 from didact_core.errors import DidactError
-from didact_core.schema import LABEL_COLUMNS, TS_DTYPE
+from didact_core.schema import EXCLUDE, LABEL_COLUMNS, TS_DTYPE
 
 #: Slurm words meaning "no time yet"
 SLURM_NO_TIME = {"unknown", "none", "", "n/a"}
 MAX_LISTED = 20
+#: known nodes named in the "unknown node" message at most
+MAX_KNOWN_SHOWN = 10
 
 
 def expand_hostlist(spec: str) -> list[str]:
@@ -161,14 +187,26 @@ def validate_labels(
     backwards = ok_t & (df["end"] <= df["start"])
     if backwards.any():
         problems.append(f"line(s) {_lines(df.loc[backwards, 'line'])}: end is not after start")
+    fix = (
+        "fix or remove those lines (times ISO 8601 or epoch seconds; end exclusive and after "
+        "start; one label per node at a time unless allow_overlap=True)"
+    )
     if known_nodes is not None:
-        known = set(map(str, known_nodes))
+        known = sorted(set(map(str, known_nodes)))
         unknown = ~missing & ~df["node"].astype(str).isin(known)
         if unknown.any():
             names = sorted(set(df.loc[unknown, "node"].astype(str)))
-            problems.append(f"line(s) {_lines(df.loc[unknown, 'line'])}: unknown node(s) {names[:10]}")
+            problems.append(f"line(s) {_lines(df.loc[unknown, 'line'])}: unknown node(s) {names[:10]}; "
+                            f"the data's nodes are {_known(known)}")  # fmt: skip
+            fix = (
+                "name nodes as the telemetry does: with Prometheus, DIDACT_PROMETHEUS_NODE_LABEL picks the "
+                "label that names nodes (default 'instance', i.e. host:port); set it (e.g. to 'node' or "
+                "'nodename') and re-ingest, or write those names in the labels file; " + fix
+            )
     if not allow_overlap:
-        good = df.loc[ok_t & ~backwards & ~missing].sort_values(["node", "start", "end"], kind="stable")
+        # `exclude` marks a stretch to leave out: it may lie over job labels
+        jobs = df["label"].astype(str).str.strip() != EXCLUDE
+        good = df.loc[ok_t & ~backwards & ~missing & jobs].sort_values(["node", "start", "end"], kind="stable")
         if len(good) > 1:
             same_node = good["node"].to_numpy()[1:] == good["node"].to_numpy()[:-1]
             # end of everything earlier on the node (nested intervals too)
@@ -191,16 +229,28 @@ def validate_labels(
                     f"{' (+%d more)' % (len(idx) - MAX_LISTED) if len(idx) > MAX_LISTED else ''}: "
                     "labels overlap on the same node"
                 )
-    _fail(
-        what,
-        problems,
-        "fix or remove those lines (times ISO 8601 or epoch seconds; end exclusive and after "
-        "start; one label per node at a time unless allow_overlap=True)",
-    )
+    _fail(what, problems, fix)
     out = df.sort_values(["node", "start"], kind="stable").reset_index(drop=True)
     out["node"] = out["node"].astype(str).str.strip().astype("string")
     out["label"] = out["label"].astype(str).str.strip().astype("string")
     return out[[*LABEL_COLUMNS, "line"]]
+
+
+def _known(known: list[str]) -> str:
+    if not known:
+        return "none (the day's raw partition lists no nodes)"
+    more = f" … and {len(known) - MAX_KNOWN_SHOWN} more" if len(known) > MAX_KNOWN_SHOWN else ""
+    return str(known[:MAX_KNOWN_SHOWN]) + more
+
+
+def split_exclude(labels: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(job labels, ``exclude`` intervals) of a labels frame; either None when it has none."""
+    if labels is None or not len(labels) or "label" not in labels:
+        return labels, None
+    ex = labels["label"].astype(str).str.strip() == EXCLUDE
+    if not ex.any():
+        return labels, None
+    return labels[~ex].reset_index(drop=True), labels[ex].reset_index(drop=True)
 
 
 def read_labels_csv(
@@ -371,21 +421,33 @@ def join_labels(samples: pd.DataFrame, labels: pd.DataFrame, ts_col: str = "ts")
     """Samples with a ``label`` column: the label whose [start, end) holds the sample's ts on its node.
 
     Samples outside every label get ``<NA>``; with overlapping labels the one that
-    started last wins.  The samples keep their order and index.
+    started last wins, except that ``exclude`` always wins.  The samples keep their order
+    and index.
     """
     out = samples.drop(columns="label") if "label" in samples.columns else samples.copy()
     if labels is None or len(labels) == 0 or len(samples) == 0:
         out["label"] = pd.array([pd.NA] * len(out), dtype="string")
         return out
     at = pd.DataFrame({"ts": samples[ts_col].to_numpy(), "node": samples["node"].to_numpy()})
-    cat = attach_intervals(at, labels, "label", default=_NO_LABEL)
+    jobs, exclude = split_exclude(labels)
+    cat = attach_intervals(at, jobs, "label", default=_NO_LABEL)
     values = np.asarray(cat, dtype=object)
     values[values == _NO_LABEL] = None
+    if exclude is not None:
+        values[excluded_mask(at, exclude)] = EXCLUDE
     out["label"] = pd.array(values, dtype="string")
     return out
 
 
 _NO_LABEL = "\x00no-label"
+
+
+def excluded_mask(samples: pd.DataFrame, exclude: pd.DataFrame | None) -> np.ndarray:
+    """True for each sample (``ts``, ``node``, optional ``dt_s``) inside an ``exclude`` interval."""
+    if exclude is None or not len(exclude) or not len(samples):
+        return np.zeros(len(samples), dtype=bool)
+    cat = attach_intervals(samples, exclude.assign(label=EXCLUDE), "label", default=_NO_LABEL)
+    return np.asarray(cat.codes) != 0
 
 
 def attach_intervals(samples: pd.DataFrame, intervals: pd.DataFrame, column: str, default: str) -> pd.Categorical:

@@ -18,8 +18,8 @@ import pandas as pd
 from didact_core.config import Settings
 from didact_core.errors import DataQualityError, DidactError
 from didact_core.data.preprocess import CleaningReport, check_features, feature_columns, preprocess
-from didact_core.data.labels import attach_intervals, read_labels
-from didact_core.schema import NO_LABEL, NODE_FEATURES, validate_raw_cpu
+from didact_core.data.labels import attach_intervals, excluded_mask, read_labels, split_exclude
+from didact_core.schema import EXCLUDE, NO_LABEL, NODE_FEATURES, validate_raw_cpu
 from didact_core.ingest.base import TelemetrySource
 from didact_core.ingest.prometheus.source import PrometheusSource
 from didact_core.ingest.simulator import SimulatedCluster
@@ -189,6 +189,8 @@ class AiReadyResult:
     labelled: bool
     seconds: float
     max_unusable_fraction: float
+    #: samples inside an ``exclude`` label, dropped (not in the partition, not unusable)
+    excluded_samples: int = 0
 
     @property
     def passed(self) -> bool:
@@ -198,8 +200,9 @@ class AiReadyResult:
 
 def _preprocess_part(
     src: Path, dst: Path, features, labels, faults, node_src: list[Path] | None = None, window: int = 1
-) -> tuple[int, str, CleaningReport]:
-    """Worker: one raw part (+ its node-level metrics) → one AI-ready part."""
+) -> tuple[int, str, CleaningReport, int]:
+    """Worker: one raw part (+ its node-level metrics) → one AI-ready part, and how many
+    samples an ``exclude`` label left out of it."""
     raw = read_part(src)
     node_metrics = None
     if node_src:
@@ -207,12 +210,17 @@ def _preprocess_part(
         frames = [read_part(p) for p in node_src]
         node_metrics = pd.concat([f[f["node"].astype(str).isin(nodes)] for f in frames], ignore_index=True)
     samples, rep = preprocess(raw, features, interval_s=None, node_metrics=node_metrics, window=window)
-    if labels is not None:
-        samples["label"] = attach_intervals(samples, labels, "label", default=NO_LABEL)
+    jobs, exclude = split_exclude(labels)
+    # windows are built before: a sample after an excluded stretch keeps its real context
+    drop = excluded_mask(samples, exclude)
+    if drop.any():
+        samples = samples[~drop].reset_index(drop=True)
+    if jobs is not None:
+        samples["label"] = attach_intervals(samples, jobs, "label", default=NO_LABEL)
     if faults is not None:
         samples["fault"] = attach_intervals(samples, faults, "fault", default="")
     rows, digest = write_part(dst, samples)
-    return rows, digest, rep
+    return rows, digest, rep, int(drop.sum())
 
 
 def build_ai_ready(
@@ -261,22 +269,26 @@ def build_ai_ready(
                 results = list(_progress(results, report, logger, partition, len(jobs)))
         else:
             results = list(_progress(map(lambda j: _preprocess_part(*j), jobs), report, logger, partition, len(jobs)))
-        for rows, digest, rep in results:
+        excluded = 0
+        for rows, digest, rep, n_excluded in results:
             w.add_part("samples", rows, digest)
             report = report + rep
+            excluded += n_excluded
         upstream = {RAW: raw.ref}
         if label_ref:
             upstream[LABELS] = label_ref
         meta = {
             "features": list(feature_columns(features, settings.window)),
             "window": settings.window,
-            "cleaning": report.as_dict(),
+            # excluded samples are not unusable: a person asked to leave them out
+            "cleaning": {**report.as_dict(), "excluded_samples": excluded},
+            "excluded_samples": excluded,
             "max_unusable_fraction": settings.max_unusable_fraction,
             "labelled": labels is not None,
         }
         version = w.commit(code_version=AI_READY_CODE_VERSION, upstream=upstream, run_id=run_id, metadata=meta)
     return AiReadyResult(
-        version, report, raw, labels is not None, time.perf_counter() - t0, settings.max_unusable_fraction
+        version, report, raw, labels is not None, time.perf_counter() - t0, settings.max_unusable_fraction, excluded
     )
 
 
@@ -325,7 +337,9 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
         tables["faults"] = faults
     version = wh.write(LABELS, partition, tables, code_version=LABELS_CODE_VERSION,
                        upstream={RAW: raw.ref}, run_id=run_id, metadata={"origin": origin})  # fmt: skip
-    counts = {"labelled_intervals": len(labels), "flavours": int(labels["label"].nunique()) if len(labels) else 0}
+    is_ex = labels["label"].astype(str) == EXCLUDE if len(labels) else pd.Series([], dtype=bool)
+    counts = {"labelled_intervals": int((~is_ex).sum()), "excluded_intervals": int(is_ex.sum()),
+              "flavours": int(labels.loc[~is_ex, "label"].nunique()) if len(labels) else 0}  # fmt: skip
     if faults is not None:
         counts["labelled_faults"] = len(faults)
     return LabelsResult(version, origin, counts)

@@ -10,6 +10,9 @@ be told apart.
 - :mod:`.recorder`: segments, guard bands, the recording loop (``record``)
 - :mod:`.ingest`: a recording through the data spine into a home
 - :mod:`.baseline`: per-segment features and a nearest-centroid baseline
+- :mod:`.segments`: labelled samples with their segments, checked, and the seeded segment split
+- :mod:`.eval_report`: per-flavour rows, mean ± std over seeds, warnings (prints nothing)
+- :mod:`.evaluation`: segment-honest and cross-recording evaluation (imports the learning stage)
 - :mod:`.evaluation`: how well a trained model separates the workloads (not re-exported
   here: it pulls in the learning stage)
 """
