@@ -15,6 +15,7 @@ from pathlib import Path
 
 from didact_assets import cli_args as args_
 from didact_assets import cli_services as services
+from didact_assets import cli_storage
 from didact_assets.cli_args import last_days
 from didact_assets.cli_output import console, reporter, table
 from didact_assets.cli_testbed_eval import add_evaluate_arguments
@@ -186,10 +187,10 @@ def cmd_status(args, settings: Settings) -> int:
         df[col] = df[col].astype("Int64")
     console.print(f"home: {settings.home_path}   source: {settings.source}")
     console.print(table("partitions (heads)", df.astype(object).where(df.notna(), "").to_dict("records")))
-    try:
-        from didact_core.learn.continual import registry_status
-    except ImportError:
-        return 0
+    if note := cli_storage.damaged_heads_note(wh):
+        console.print(note)
+    from didact_core.learn.champion import registry_status  # lazy: mlflow and torch
+
     rows = registry_status(settings)
     if rows:
         console.print(table(f"registered model {settings.model_name}", rows))
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"didact {_didact_version()}",
                    help="print didact's version and exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
+    cli_storage.add_parsers(sub)
     _add_data_parsers(sub)
 
     # lazy: serving imports torch (seconds); only the parser needs its options here

@@ -23,6 +23,10 @@ class DidactError(Exception):
             msg += f" — {fix}"
         super().__init__(msg)
 
+    def __reduce__(self):
+        # rebuilt from its three parts, so it crosses process boundaries (spawn workers)
+        return (type(self), (self.what, self.problem, self.fix))
+
 
 class DataQualityError(DidactError):
     """Input data too damaged to use (corrupt counters, empty partition, ...)."""

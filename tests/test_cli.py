@@ -37,7 +37,8 @@ def test_version(capsys):
                     "--node-name", "--seed", "--io-dir"]),
         ("ingest", ["--labels", "--day", "--prometheus-url"]),
         ("serve", ["--port"]),
-        ("evaluate", ["--days", "--max-train", "--epochs", "--seed"]),
+        ("evaluate", ["--days", "--test-days", "--cross", "--seeds", "--seed", "--holdout", "--max-train", "--max-test",
+                      "--epochs", "--openset-epochs"]),
     ],
 )  # fmt: skip
 def test_each_testbed_action_has_its_own_options_and_help(capsys, action, options):
@@ -108,19 +109,17 @@ def test_evaluate_seed_reaches_the_evaluation_settings(capsys, monkeypatch, tmp_
 
     seen = []
 
-    def fake_evaluate(settings, days, **kw):
-        seen.append((settings.seed, days))
-        return {"flavours": [], "samples_by_flavour": {}, "latent_knn_by_flavour": {}, "openset_auc_by_flavour": {},
-                "latent_knn_accuracy": 1.0, "pca2_knn_accuracy": 1.0, "raw_knn_accuracy": 1.0, "openset_auc": 1.0,
-                "n_params": 1}  # fmt: skip
+    def fake_evaluate(settings, days, seeds=None, **kw):
+        seen.append((settings.seed, days, seeds))
+        return {"runs": [], "seeds": seeds, "features": list(settings.features), "window": 1, "n_params": 1}
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     monkeypatch.setenv("DIDACT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DIDACT_SEED", "7")
     assert run(capsys, "testbed", "evaluate", "--days", "2026-11-20")[0] == 0
     rc, out, _ = run(capsys, "testbed", "evaluate", "--days", "2026-11-20,2026-11-21", "--seed", "11")
-    assert rc == 0 and "seed 11" in out
-    assert seen == [(7, ["2026-11-20"]), (11, ["2026-11-20", "2026-11-21"])]
+    assert rc == 0 and "seeds 11" in out
+    assert seen == [(7, ["2026-11-20"], [7]), (11, ["2026-11-20", "2026-11-21"], [11])]
 
 
 @pytest.mark.slow

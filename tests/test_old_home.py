@@ -2,13 +2,16 @@
 
 The fixture ``fixtures/home-88aa664.tar.gz`` is a whole DIDACT_HOME made by that commit:
 2 simulated nodes × 2 threads at 120 s, days 2026-01-02 and 2026-01-03 through raw →
-labels → AI-ready → champion (v1, v2) → evaluation.  Old homes record absolute paths, so
-it is unpacked where it was written (``/tmp/didact-home-88aa664``).
+labels → AI-ready → champion (v1, v2) → evaluation.  It was written at
+``/tmp/didact-home-88aa664`` and records absolute paths there (catalog and MLflow); each
+test unpacks it into its own temporary folder, so this also checks that a home restored
+elsewhere works (the catalog maps old paths by their part under ``data/``; MLflow's
+artifact locations are rewritten to the new home).
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
 import tarfile
@@ -19,32 +22,33 @@ import pytest
 
 from didact_assets.cli import main as didact_cli
 from didact_core.config import Settings
+from didact_core.data.catalog_rebuild import rebuild_catalog
 from didact_core.data.warehouse import Warehouse
 from didact_core.learn.registry import CHAMPION, ModelRegistry
 
 from .services import free_port, wait_http_ok
 
 FIXTURE = Path(__file__).parent / "fixtures" / "home-88aa664.tar.gz"
-WHERE = Path("/tmp/didact-home-88aa664")
+WRITTEN_AT = Path("/tmp/didact-home-88aa664")
 DAYS = ["2026-01-02", "2026-01-03"]
-ENV = {"DIDACT_HOME": str(WHERE), "DIDACT_NODES": "2", "DIDACT_CPUS": "2", "DIDACT_INTERVAL_S": "120",
+ENV = {"DIDACT_NODES": "2", "DIDACT_CPUS": "2", "DIDACT_INTERVAL_S": "120",
        "DIDACT_START_DATE": "2026-01-01", "DIDACT_WORKERS": "1"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def unpacked():
-    """Unpacked once for the module: MLflow keeps its sqlite engine per URI, so the file
-    must not be replaced under it. The tests below run in order (status, rollback, serve)."""
-    shutil.rmtree(WHERE, ignore_errors=True)
+@pytest.fixture
+def where(tmp_path) -> Path:
+    """The fixture unpacked into this test's own folder (function scope: MLflow keeps its
+    sqlite engine per URI, so each test gets a URI of its own)."""
     with tarfile.open(FIXTURE) as tar:
-        tar.extractall(WHERE.parent, filter="data")
-    yield WHERE
-    shutil.rmtree(WHERE, ignore_errors=True)
+        tar.extractall(tmp_path, filter="data")
+    home = tmp_path / "restored-home"
+    (tmp_path / WRITTEN_AT.name).rename(home)
+    return home
 
 
 @pytest.fixture
-def old_home(unpacked, monkeypatch):
-    for k, v in ENV.items():
+def old_home(where, monkeypatch):
+    for k, v in {**ENV, "DIDACT_HOME": str(where)}.items():
         monkeypatch.setenv(k, v)
     return Settings.from_env()
 
@@ -82,11 +86,23 @@ def test_rollback_and_score_with_the_old_models(old_home, capsys):
     assert didact_cli(["rollback", "--asset", "ai_ready_metrics", "--partition", DAYS[0], "--to", str(v)]) == 0
 
 
+def test_its_catalog_can_be_rebuilt_from_the_parts(old_home):
+    """Versions written before manifests: rebuilt from their Parquet files, same data versions."""
+    wh = Warehouse(old_home.home_path)
+    before = {(v.asset, v.partition, v.version): v.data_version for v, _ in wh.stored()}
+    (old_home.home_path / "warehouse.duckdb").unlink()
+    rep = rebuild_catalog(old_home.home_path)
+    assert rep.versions == len(before) == len(rep.without_manifest)
+    after = {(v.asset, v.partition, v.version): v.data_version for v, _ in Warehouse(old_home.home_path).stored()}
+    assert after == before  # the digests recomputed from the data match the old catalog's
+
+
 @pytest.mark.slow
-def test_didact_serve_serves_the_old_champion(old_home):
+def test_didact_serve_serves_the_old_champion(old_home, where):
+    assert didact_cli(["rollback", "--reason", "old home check"]) == 0
     port = free_port()
-    env = {**__import__("os").environ, **ENV}
-    log = WHERE / "serve.log"
+    env = {**os.environ, **ENV, "DIDACT_HOME": str(where)}
+    log = where / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "didact_assets.cli", "serve", "--port", str(port),
                                  "--interval", "1", "--no-review"], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
@@ -101,7 +117,6 @@ def test_didact_serve_serves_the_old_champion(old_home):
             if "didact_champion_version 1.0" in body and "didact_reconstruction_error{" in body:
                 break
             time.sleep(1)
-        # the test above rolled the champion back to v1
         assert "didact_champion_version 1.0" in body, log.read_text()[-2000:]
         assert "didact_reconstruction_error{" in body
     finally:

@@ -471,6 +471,8 @@ def attach_intervals(samples: pd.DataFrame, intervals: pd.DataFrame, column: str
     known = i_node >= 0
     iv = intervals[known]
     i_node = i_node[known]
+    if len(iv) == 0:  # no interval on these samples' nodes (e.g. a part with no fault)
+        return pd.Categorical.from_codes(np.zeros(len(samples), dtype=np.int32), cats)
     span = np.int64(10 * 86400 * 1000)  # keys: node * span + ms offset
     base = pd.to_datetime(samples["ts"], utc=True).astype("datetime64[ms, UTC]").array.asi8.min() - 5 * 86400 * 1000
     start = _ms(iv["start"]) - base

@@ -7,10 +7,16 @@ names, kinds and values (:func:`frame_digest`); a version's data version combine
 tables' ordered part digests (:func:`combine_digests`).  :class:`PartitionWriter`
 collects the parts of a new version in a private temporary folder until the catalog
 (``data.warehouse``) publishes it.
+
+Reads are checked: the catalog keeps, per part, its name, rows, size and a hash of the
+file's bytes (:func:`part_record`); :func:`check_parts` compares a version folder with
+those records (count and size from ``stat``; the hash when ``deep``).  A full disk
+while writing is a :class:`StorageError` naming the folder and the free space.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -22,10 +28,100 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from didact_core.errors import DidactError
+from didact_core.errors import DataQualityError, DidactError
 
 #: string columns read back as categoricals (few distinct values, many rows)
 DICTIONARY_COLUMNS = ("node", "source", "label", "fault")
+
+_CHUNK = 8 << 20  # hash files in 8 MiB chunks: no copy of a whole part in memory
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _Picklable:
+    # errors raised in worker processes cross back to the parent by pickle; the
+    # default Exception pickling would call __init__ with the joined message only
+    def __reduce__(self):
+        return (type(self), (self.what, self.problem, self.fix))
+
+
+class StorageError(_Picklable, DidactError):
+    """The disk holding the home is full (or another storage failure while writing)."""
+
+
+class DamagedPartError(_Picklable, DataQualityError):
+    """A stored part is missing, truncated or changed since it was written."""
+
+
+def file_digest(path: Path) -> str:
+    """xxh3-128 of a file's bytes (what :func:`check_parts` compares on a deep check)."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def part_record(path: Path, rows: int, digest: str) -> dict:
+    """What the catalog keeps of one part: name, rows, bytes, content digest, file hash."""
+    return {"name": path.name, "rows": int(rows), "bytes": path.stat().st_size, "digest": digest,
+            "xxh3": file_digest(path)}  # fmt: skip
+
+
+def check_parts(folder: Path, records: list[dict], deep: bool = True, hashed: set | None = None) -> list[str]:
+    """Problems of a table folder against its catalog records (empty when intact).
+
+    Count and sizes come from ``stat`` (cheap); ``deep`` also re-hashes each file,
+    except files in ``hashed`` (keys of files this process already found intact,
+    unchanged since: path, inode, size, mtime), which it extends."""
+    problems = []
+    found = {p.name for p in folder.glob("part-*.parquet")} if folder.is_dir() else set()
+    for r in records:
+        path = folder / r["name"]
+        if r["name"] not in found:
+            problems.append(f"{path}: missing (the catalog lists {len(records)} parts, {len(found)} found)")
+            continue
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if st.st_size != r["bytes"]:
+            problems.append(f"{path}: {st.st_size} bytes, the catalog says {r['bytes']} (truncated or overwritten)")
+        elif deep and (hashed is None or key not in hashed):
+            if file_digest(path) != r["xxh3"]:
+                problems.append(f"{path}: content hash differs from the catalog's (bytes changed since written)")
+            elif hashed is not None:
+                hashed.add(key)
+    extra = sorted(found - {r["name"] for r in records})
+    if extra:
+        problems.append(f"{folder}: unexpected part(s) {extra} not in the catalog")
+    return problems
+
+
+def check_rows(folder: Path, rows: int) -> list[str]:
+    """For versions written before parts were recorded: the Parquet footers' row count."""
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not parts:
+        return [f"{folder}: has no data files"]
+    total = 0
+    for p in parts:
+        try:
+            total += pq.ParquetFile(p).metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            return [f"{p}: not a readable Parquet file ({str(e)[:120]})"]
+    if total != rows:
+        return [f"{folder}: {total} rows in its parts, the catalog says {rows} (a part is missing or damaged)"]
+    return []
+
+
+def raise_if_full(err: OSError, folder: Path, doing: str) -> None:
+    """A full disk → :class:`StorageError` naming the folder and its free space."""
+    if err.errno in _FULL or "No space left" in str(err) or "Disk quota" in str(err):
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+        raise StorageError(
+            f"folder {folder}",
+            f"the disk is full while {doing} ({free / 1e6:.1f} MB free); nothing was published, the head is unchanged",
+            "free space on the disk holding DIDACT_HOME (`didact prune --keep N` removes old versions), then re-run",
+        ) from None
 
 
 def frame_digest(df: pd.DataFrame) -> str:
@@ -73,8 +169,12 @@ def write_part(path: Path, df: pd.DataFrame) -> tuple[int, str]:
     Safe to call from worker processes: it touches only ``path``.
     """
     digest = frame_digest(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="lz4", row_group_size=1 << 20)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="lz4", row_group_size=1 << 20)
+    except OSError as e:
+        raise_if_full(e, path.parent, f"writing {path.name}")
+        raise
     return len(df), digest
 
 
@@ -147,12 +247,20 @@ class PartitionWriter:
             raise DidactError(f"{self.asset}/{self.partition}", "this writer was already committed or aborted")
         if not self._parts:
             raise DidactError(f"{self.asset}/{self.partition}", "nothing was written", "write at least one table")
-        for f in self.tmp.rglob("*.parquet"):
-            fsync(f)
+        try:
+            for f in self.tmp.rglob("*.parquet"):
+                fsync(f)
+        except OSError as e:
+            raise_if_full(e, self.tmp, "flushing the parts")
+            raise
         rows = {t: sum(r for r, _ in parts) for t, parts in self._parts.items()}
+        records = {
+            t: [part_record(self.part_path(t, i), r, d) for i, (r, d) in enumerate(parts)]
+            for t, parts in self._parts.items()
+        }
         info = self.wh.publish(
             self.asset, self.partition, self.tmp, self.data_version(), code_version, upstream or {},
-            run_id, rows, metadata or {},
+            run_id, rows, metadata or {}, parts=records,
         )  # fmt: skip
         self._done = True
         return info

@@ -25,20 +25,24 @@ removes versions beyond an explicit retention setting.
 
 The catalog also keeps DuckDB views ``<asset>__<table>`` over every partition's head,
 so ``duckdb warehouse.duckdb "select * from ai_ready_metrics__samples"`` works.
+
+A home can be moved or restored elsewhere: the catalog stores version folders relative
+to the home (older catalogs' absolute paths are mapped by folder name under this
+home's ``data/``), and the views, which DuckDB needs absolute, are re-made when the
+catalog finds itself in another folder than the one it last recorded.  Reads check the
+parts against the catalog (``data.verify``); each version folder carries a manifest and
+each partition a head log (``data.folders``), from which ``data.catalog_rebuild``
+recreates a lost catalog.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno
-import fcntl
 import getpass
 import json
 import logging
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,53 +54,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from didact_core.config import ensure_home
-from didact_core.data.parts import PartitionWriter, combine_digests, dict_columns, frame_digest, fsync, read_part
+from didact_core.data import folders
+from didact_core.data.catalog import LOCK_TIMEOUT_S, SCHEMA, Catalog
+from didact_core.data.parts import (
+    PartitionWriter,
+    combine_digests,
+    dict_columns,
+    frame_digest,
+    fsync,
+    raise_if_full,
+    read_part,
+)
+from didact_core.data.verify import damaged_error, version_problems
 from didact_core.errors import DidactError
 
 log = logging.getLogger(__name__)
 
-LOCK_TIMEOUT_S = 300.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS partition_versions (
-    asset VARCHAR NOT NULL,
-    partition VARCHAR NOT NULL,
-    version INTEGER NOT NULL,
-    data_version VARCHAR NOT NULL,
-    code_version VARCHAR,
-    created_at TIMESTAMPTZ NOT NULL,
-    run_id VARCHAR,
-    path VARCHAR NOT NULL,
-    tables JSON,
-    metadata JSON,
-    pruned BOOLEAN DEFAULT false,
-    PRIMARY KEY (asset, partition, version)
-);
-CREATE TABLE IF NOT EXISTS partition_heads (
-    asset VARCHAR NOT NULL,
-    partition VARCHAR NOT NULL,
-    version INTEGER NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (asset, partition)
-);
-CREATE SEQUENCE IF NOT EXISTS lineage_id;
-CREATE TABLE IF NOT EXISTS lineage (
-    id BIGINT DEFAULT nextval('lineage_id') PRIMARY KEY,
-    ts TIMESTAMPTZ NOT NULL,
-    event VARCHAR NOT NULL,
-    asset VARCHAR NOT NULL,
-    partition VARCHAR,
-    version VARCHAR,
-    data_version VARCHAR,
-    code_version VARCHAR,
-    upstream JSON,
-    run_id VARCHAR,
-    mlflow_run_id VARCHAR,
-    model_version VARCHAR,
-    actor VARCHAR,
-    reason VARCHAR
-);
-"""
+__all__ = ["LINEAGE_COLUMNS", "LOCK_TIMEOUT_S", "SCHEMA", "VersionInfo", "Warehouse"]
 
 LINEAGE_COLUMNS = (
     "id", "ts", "event", "asset", "partition", "version", "data_version", "code_version",
@@ -119,6 +93,8 @@ class VersionInfo:
     tables: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     pruned: bool = False
+    #: per table, its parts' records (name, rows, bytes, digest, xxh3); empty for old versions
+    parts: dict = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -129,71 +105,37 @@ class VersionInfo:
 class Warehouse:
     """Versioned partitions + lineage under one home folder (see module docstring)."""
 
-    def __init__(self, home, retention_versions: int = 0):
+    def __init__(self, home, retention_versions: int = 0, allow_existing_data: bool = False):
         self.home = ensure_home(Path(home))
         self.path = self.home / "warehouse.duckdb"
         self.lock_path = self.home / "warehouse.lock"
         self.data_dir = self.home / "data"
         self.retention_versions = retention_versions
         self.data_dir.mkdir(exist_ok=True)
-        if not self.path.exists():
-            with self._db(write=True) as con:
-                con.execute(_SCHEMA)
-        else:
-            with self._db(write=False) as con:
-                have = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
-            if "lineage" not in have:
-                with self._db(write=True) as con:
-                    con.execute(_SCHEMA)
+        # allow_existing_data: only for `didact catalog rebuild`, which fills the new catalog from data/
+        self._cat = Catalog(self.home, allow_existing_data=allow_existing_data)
+        self._hashed: set = set()  # parts this process found intact (see data.verify)
+        if self._cat.recorded_home != str(self.home):
+            self._moved_in()
 
-    # -- catalog access ---------------------------------------------------------
-    @contextlib.contextmanager
-    def _db(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        with open(self.lock_path, "a+") as lock:
-            self._flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH, deadline)
-            try:
-                con = self._connect(write, deadline)
-                try:
-                    yield con
-                finally:
-                    con.close()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _moved_in(self) -> None:
+        """First open in this folder (a new, moved or restored home): re-make the views,
+        whose paths DuckDB needs absolute, and record where the catalog now lives."""
+        with self._db(write=True) as con:
+            assets = self.refresh_all_views(con)
+        if self._cat.recorded_home is not None or assets:
+            log.info("catalog %s: home is now %s (was %s); views re-made", self.path, self.home, self._cat.recorded_home)
 
-    def _flock(self, lock, mode: int, deadline: float) -> None:
-        wait = 0.01
-        while True:
-            try:
-                fcntl.flock(lock, mode | fcntl.LOCK_NB)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() > deadline:
-                raise DidactError(
-                    f"warehouse lock {self.lock_path}",
-                    f"still held by another process after {LOCK_TIMEOUT_S:.0f} s",
-                    "wait for the running materialisation to finish, or stop the process holding it",
-                )
-            time.sleep(wait)
-            wait = min(wait * 2, 0.5)
+    def refresh_all_views(self, con) -> list[str]:
+        """Re-make every asset's views and record this folder as the catalog's home."""
+        assets = [r[0] for r in con.execute("select distinct asset from partition_heads").fetchall()]
+        for asset in assets:
+            self._refresh_views(con, asset)
+        con.execute("insert or replace into catalog_meta values ('home', ?)", [str(self.home)])
+        return assets
 
-    def _connect(self, write: bool, deadline: float) -> duckdb.DuckDBPyConnection:
-        wait = 0.05
-        while True:
-            try:
-                return duckdb.connect(str(self.path), read_only=not write)
-            except duckdb.IOException as e:
-                # someone outside didact (a duckdb shell?) holds the file
-                if time.monotonic() > deadline:
-                    raise DidactError(
-                        f"warehouse {self.path}",
-                        f"cannot be opened ({e})",
-                        "close other programs that have the DuckDB file open",
-                    ) from None
-                time.sleep(wait)
-                wait = min(wait * 2, 1.0)
+    def _db(self, write: bool):
+        return self._cat.connect(write)
 
     def catalog(self, write: bool = False):
         """A short catalog connection under the warehouse lock (``with wh.catalog(True) as con``).
@@ -229,11 +171,15 @@ class Warehouse:
                     w.write(name, df)
             return w.commit(**commit_kwargs)
 
-    def publish(self, asset, partition, tmp: Path, data_version, code_version, upstream, run_id, rows, metadata):
+    def publish(self, asset, partition, tmp: Path, data_version, code_version, upstream, run_id, rows, metadata,
+                parts: dict | None = None):  # fmt: skip
         """Make the files in ``tmp`` the partition's next version and its head, in one
         catalog transaction (``PartitionWriter.commit`` calls this)."""
         now = dt.datetime.now(dt.timezone.utc)
         with self._db(write=True) as con:
+            known = {Path(r[0]).name for r in con.execute(
+                "select path from partition_versions where asset=? and partition=?", [asset, partition]).fetchall()}  # fmt: skip
+            folders.remove_stale(tmp.parent, known)
             con.execute("BEGIN")
             try:
                 n = con.execute(
@@ -241,10 +187,17 @@ class Warehouse:
                     [asset, partition],
                 ).fetchone()[0]
                 final = tmp.parent / f"v{n:04d}-{uuid.uuid4().hex[:6]}"
+                folders.write_manifest(tmp, {
+                    "asset": asset, "partition": partition, "version": n, "folder": final.name,
+                    "data_version": data_version, "code_version": code_version, "upstream": upstream,
+                    "run_id": run_id, "created": now.isoformat(), "rows": rows, "tables": parts or {},
+                    "metadata": metadata,
+                })  # fmt: skip
                 con.execute(
-                    "insert into partition_versions values (?,?,?,?,?,?,?,?,?,?,false)",
-                    [asset, partition, n, data_version, code_version, now, run_id, str(final),
-                     json.dumps(rows), json.dumps(metadata, default=str)],
+                    "insert into partition_versions (asset, partition, version, data_version, code_version, created_at,"
+                    " run_id, path, tables, metadata, pruned, parts) values (?,?,?,?,?,?,?,?,?,?,false,?)",
+                    [asset, partition, n, data_version, code_version, now, run_id, folders.relative(self.data_dir, final),
+                     json.dumps(rows), json.dumps(metadata, default=str), json.dumps(parts) if parts else None],
                 )  # fmt: skip
                 con.execute(
                     "insert or replace into partition_heads values (?,?,?,?)", [asset, partition, n, now]
@@ -253,14 +206,7 @@ class Warehouse:
                     con, event="materialize", asset=asset, partition=partition, version=f"v{n}",
                     data_version=data_version, code_version=code_version, upstream=upstream, run_id=run_id,
                 )  # fmt: skip
-                os.rename(tmp, final)
-                fsync(final.parent)
-                try:
-                    self._refresh_views(con, asset)
-                    con.execute("COMMIT")
-                except BaseException:
-                    os.rename(final, tmp)  # put it back so the abort path removes it
-                    raise
+                self._rename_into_place(con, tmp, final, n, now)
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -269,6 +215,24 @@ class Warehouse:
         if self.retention_versions:
             self.prune(self.retention_versions, asset=asset, partition=partition)
         return info
+
+    def _rename_into_place(self, con, tmp: Path, final: Path, n: int, now: dt.datetime) -> None:
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            raise_if_full(e, final.parent, f"publishing v{n}")
+            raise
+        try:
+            fsync(final.parent)
+            folders.append_head(final.parent, n, "materialize", now.isoformat())
+            self._refresh_views(con, final.parent.parent.name)
+            con.execute("COMMIT")
+        except BaseException as e:
+            os.rename(final, tmp)  # put it back so the abort path removes it
+            if isinstance(e, OSError | duckdb.IOException):
+                err = OSError(getattr(e, "errno", None), str(e))
+                raise_if_full(err, final.parent, f"committing v{n}")
+            raise
 
     # -- reading ------------------------------------------------------------------
     def head(self, asset: str, partition: str) -> VersionInfo | None:
@@ -308,7 +272,22 @@ class Warehouse:
         q += " where v.asset=? and v.partition=? order by v.version"
         with self._db(write=False) as con:
             df = con.execute(q, [asset, partition]).df()
-        return [_info(r) for r in df.to_dict("records")]
+        return [_info(r, self.data_dir) for r in df.to_dict("records")]
+
+    def stored(self, asset: str | None = None, partition: str | None = None, heads_only: bool = False):
+        """(version, is_head) of every stored (unpruned) version, optionally filtered."""
+        q = """select v.*, h.version as head from partition_versions v
+               left join partition_heads h using (asset, partition) where not v.pruned"""
+        args = []
+        for col, val in (("asset", asset), ("partition", partition)):
+            if val:
+                q += f" and v.{col}=?"
+                args.append(val)
+        if heads_only:
+            q += " and v.version = h.version"
+        with self._db(write=False) as con:
+            df = con.execute(q + " order by v.asset, v.partition, v.version", args).df()
+        return [(_info(r, self.data_dir), r["version"] == r["head"]) for r in df.to_dict("records")]
 
     def partitions(self, asset: str) -> list[str]:
         """Partitions of ``asset`` that have a head, sorted."""
@@ -338,11 +317,18 @@ class Warehouse:
         return self._parts(asset, partition, table, version)
 
     def verify(self, asset: str, partition: str, version: int | None = None) -> str:
-        """Re-hash a stored version from its files; equals its data version when intact."""
+        """Re-hash a stored version's decoded contents; equals its data version when intact
+        (slower than the check every read makes: it decodes every part)."""
         info = self.require(asset, partition) if version is None else self.version(asset, partition, version)
         return combine_digests(
             {t: [frame_digest(read_part(p)) for p in self._parts(asset, partition, t, info.version)] for t in info.tables}
         )
+
+    def check(self, info: VersionInfo, tables=None) -> None:
+        """Raise a clear error when a version's parts differ from the catalog's records."""
+        problems = version_problems(info, tables=tables, hashed=self._hashed)
+        if problems:
+            raise damaged_error(info, problems, self.versions(info.asset, info.partition))
 
     def _parts(self, asset, partition, table, version) -> list[Path]:
         info = self.require(asset, partition) if version is None else self.version(asset, partition, version)
@@ -356,6 +342,7 @@ class Warehouse:
                 f"has no table {table!r}",
                 f"it has {sorted(info.tables) or 'no tables'}",
             )
+        self.check(info, tables=[table])
         parts = sorted((info.path / table).glob("part-*.parquet"))
         if not parts:
             raise DidactError(
@@ -388,6 +375,8 @@ class Warehouse:
             )  # fmt: skip
             self._refresh_views(con, asset)
             con.execute("COMMIT")
+        folders.append_head(target.path.parent, to_version, "rollback", now.isoformat(), actor=actor or _whoami(),
+                            reason=reason, from_version=current.version)  # fmt: skip
         log.info("%s/%s: head moved v%d → v%d", asset, partition, current.version, to_version)
         return self.version(asset, partition, to_version)
 
@@ -411,30 +400,36 @@ class Warehouse:
             for (_a, _p), g in df.groupby(["asset", "partition"], sort=False):
                 for rank, r in enumerate(g.to_dict("records")):
                     if rank >= keep and r["version"] != r["head"]:
-                        shutil.rmtree(r["path"], ignore_errors=True)
+                        shutil.rmtree(folders.resolve(self.data_dir, r["asset"], r["partition"], r["path"]),
+                                      ignore_errors=True)  # fmt: skip
                         con.execute(
                             "update partition_versions set pruned=true where asset=? and partition=? and version=?",
                             [r["asset"], r["partition"], r["version"]],
                         )
                         self._lineage(con, event="prune", asset=r["asset"], partition=r["partition"],
                                       version=f"v{r['version']}", data_version=r["data_version"])  # fmt: skip
-                        pruned.append(_info(r))
-        self._gc_tmp(asset)
+                        pruned.append(_info(r, self.data_dir))
+            self._remove_stale(con, asset, partition)
         return pruned
 
-    def _gc_tmp(self, asset: str | None) -> None:
-        """Remove temporary folders of writers that died more than an hour ago."""
-        root = self.data_dir / asset if asset else self.data_dir
-        cutoff = time.time() - 3600
-        for tmp in root.glob("**/.tmp-*"):
-            if tmp.stat().st_mtime < cutoff:
-                shutil.rmtree(tmp, ignore_errors=True)
+    def _remove_stale(self, con, asset: str | None, partition: str | None) -> None:
+        """Dead writers' temporary folders and orphan version folders (``data.folders``)."""
+        known: dict[tuple[str, str], set[str]] = {}
+        for a, p, path in con.execute("select asset, partition, path from partition_versions").fetchall():
+            known.setdefault((a, p), set()).add(Path(path).name)
+        for part_dir in sorted(self.data_dir.glob(f"{asset or '*'}/{partition or '*'}")):
+            if part_dir.is_dir():
+                folders.remove_stale(part_dir, known.get((part_dir.parent.name, part_dir.name), set()))
 
     # -- lineage ------------------------------------------------------------------------
     def record(self, event: str, asset: str, **fields) -> None:
         """Add a lineage row (model registrations, alias moves, reviews, ...)."""
         with self._db(write=True) as con:
             self._lineage(con, event=event, asset=asset, **fields)
+
+    def lineage_row(self, con, event: str, asset: str, **fields) -> None:
+        """Add a lineage row inside the caller's catalog transaction (``ts`` may be given)."""
+        self._lineage(con, event=event, asset=asset, **fields)
 
     def _lineage(self, con, event: str, asset: str, **fields) -> None:
         unknown = set(fields) - set(LINEAGE_COLUMNS)
@@ -467,8 +462,9 @@ class Warehouse:
         ).fetchall()
         tables: dict[str, list[str]] = {}
         for path, tjson in rows:
+            folder = folders.resolve(self.data_dir, asset, Path(path).parent.name, path)  # this home's, moved or not
             for t in json.loads(tjson or "{}"):
-                tables.setdefault(t, []).append(str(Path(path) / t / "*.parquet"))
+                tables.setdefault(t, []).append(str(folder / t / "*.parquet"))
         for t, paths in tables.items():
             listing = ", ".join("'" + p.replace("'", "''") + "'" for p in sorted(paths))
             con.execute(
@@ -477,7 +473,7 @@ class Warehouse:
             )
 
 
-def _info(r: dict) -> VersionInfo:
+def _info(r: dict, data_dir: Path) -> VersionInfo:
     return VersionInfo(
         asset=r["asset"],
         partition=r["partition"],
@@ -486,10 +482,11 @@ def _info(r: dict) -> VersionInfo:
         code_version=r["code_version"],
         created_at=r["created_at"],
         run_id=r["run_id"],
-        path=Path(r["path"]),
+        path=folders.resolve(data_dir, r["asset"], r["partition"], r["path"]),
         tables=json.loads(r["tables"] or "{}"),
         metadata=json.loads(r["metadata"] or "{}"),
         pruned=bool(r["pruned"]),
+        parts=json.loads(r["parts"]) if isinstance(r.get("parts"), str) else {},
     )
 
 
