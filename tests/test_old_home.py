@@ -105,7 +105,9 @@ def test_didact_serve_serves_the_old_champion(old_home, where):
     log = where / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "didact_assets.cli", "serve", "--port", str(port),
-                                 "--interval", "1", "--no-review"], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                                 "--interval", "1", "--no-review",
+                                 # 120 s scrapes: two simulated minutes a second, so each interval has new ones
+                                 "--speed", "120"], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/metrics", proc)
         import requests
@@ -118,7 +120,22 @@ def test_didact_serve_serves_the_old_champion(old_home, where):
                 break
             time.sleep(1)
         assert "didact_champion_version 1.0" in body, log.read_text()[-2000:]
-        assert "didact_reconstruction_error{" in body
+        assert "didact_reconstruction_error{" in body, log.read_text()[-3000:]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_old_versions_load_as_mlflow_pyfunc_models(old_home):
+    """Their stored mlflow_pyfunc.py imports the old module names (didact_core.models.detector,
+    didact_core.registry); didact_core.legacy answers them with today's modules."""
+    import mlflow.pyfunc
+
+    reg = ModelRegistry(old_home)  # also rewrites the moved home's artifact locations
+    code = next(Path(old_home.home_path, "mlflow", "artifacts").rglob("mlflow_pyfunc.py")).read_text()
+    assert "didact_core.models.detector" in code  # really the old code
+    model = mlflow.pyfunc.load_model(f"models:/{reg.name}/1")
+    samples = Warehouse(old_home.home_path).read("ai_ready_metrics", DAYS[1], "samples").head(50)
+    out = model.predict(samples[["idle", "iowait", "system", "user", "other"]])
+    assert list(out.columns[:1]) == ["reconstruction_error"] and len(out) == 50
+    assert (out["reconstruction_error"] >= 0).all() and set(out["ood"].unique()) <= {0.0, 1.0}
