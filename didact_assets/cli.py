@@ -339,6 +339,9 @@ def _add_testbed_parser(sub) -> None:
     rec.add_argument("--segments", type=args_.int_at_least(1, "--segments 9"), help="number of segments instead of --minutes")
     rec.add_argument("--flavours", help="comma list (default all: idle,io_good,io_bad,cpu_1,cpu_n,memory,"
                      "ctx_switch,mpi_compute,mpi_comm)")  # fmt: skip
+    rec.add_argument("--set", dest="workload_set", choices=["A", "B"], type=str.upper, default="A",
+                     help="workload set: A (stress-ng, MPI over TCP) or B (other programs for the same flavours: "
+                     "compile, xz, pandas, dd, MPI over shared memory; default A)")  # fmt: skip
     rec.add_argument("--segment-seconds", type=args_.positive_float("--segment-seconds 60"), default=60.0,
                      help="seconds each segment runs one flavour (default 60)")  # fmt: skip
     rec.add_argument("--out", help="labels CSV (default $DIDACT_HOME/testbed/labels.csv; rows there are kept)")

@@ -84,7 +84,7 @@ def cmd_testbed_record(args, settings: Settings) -> int:
             args.minutes, flavours=args.flavours, segment_seconds=args.segment_seconds, out_csv=args.out,
             prometheus_url=args.prometheus_url, node_name=args.node_name, seed=args.seed,
             progress=_RecordProgress(rep, testbed.format_event),
-            segments=args.segments, settings=settings, io_dir=args.io_dir,
+            segments=args.segments, settings=settings, io_dir=args.io_dir, workload_set=args.workload_set,
         )  # fmt: skip
     console.print(f"{sum(s.labelled for s in rec.segments)} labelled segments of {rec.node} in {rec.labels_csv}; "
                   "next: didact testbed ingest")  # fmt: skip

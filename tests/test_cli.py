@@ -33,7 +33,7 @@ def test_version(capsys):
 @pytest.mark.parametrize(
     "action, options",
     [
-        ("record", ["--minutes", "--segments", "--flavours", "--segment-seconds", "--out", "--prometheus-url",
+        ("record", ["--minutes", "--segments", "--flavours", "--set", "--segment-seconds", "--out", "--prometheus-url",
                     "--node-name", "--seed", "--io-dir"]),
         ("ingest", ["--labels", "--day", "--prometheus-url"]),
         ("serve", ["--port"]),

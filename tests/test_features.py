@@ -129,3 +129,119 @@ def test_testbed_evaluation_reports_separability_and_open_set(settings):
     assert r["plot_png"][:4] == b"\x89PNG"
     run = ModelRegistry(s).client.get_run(r["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["openset_auc"] == pytest.approx(r["openset_auc"])
+
+
+# -- rolling statistics (issue 16) ----------------------------------------------------------------
+
+
+def _digest(df: pd.DataFrame) -> str:
+    import hashlib
+
+    rows = pd.util.hash_pandas_object(df.assign(node=df["node"].astype(str)), index=False).to_numpy().tobytes()
+    return hashlib.sha256(rows + ",".join(df.columns).encode()).hexdigest()[:16]
+
+
+def test_default_features_are_bit_for_bit_those_before_rolling_statistics(settings):
+    """Digests of preprocess's output on a simulated day, taken with the code before
+    data/rolling.py existed: the default (5 fractions, window 1) and cpu,node window 3."""
+    block = SimulatedCluster.from_settings(settings).fetch_day(dt.date.fromisoformat(fixed_days(1)[0]))
+    import hashlib
+
+    def raw(f):
+        return hashlib.sha256(pd.util.hash_pandas_object(f.assign(node=f["node"].astype(str)), index=False)
+                              .to_numpy().tobytes()).hexdigest()[:16]  # fmt: skip
+
+    assert (raw(block.cpu), raw(block.node_metrics)) == ("916de63573a99998", "c0171eebdcee3ee4"), (
+        "the simulator's day changed: re-pin these digests with the pre-rolling preprocess (git show 5132959)"
+    )
+    default, rep = preprocess(block.cpu)
+    assert _digest(default) == "fd9fad7a845b8456" and rep.window_incomplete == 0
+    rich, _ = preprocess(block.cpu, ("cpu", "node"), node_metrics=block.node_metrics, window=3)
+    assert _digest(rich) == "551234199be51263"
+
+
+def _series(busy, ts_s=None, node="a", cpu=0) -> pd.DataFrame:
+    """Raw counters of one CPU whose busy (user) share of each 1-s interval is ``busy[i]``."""
+    ts_s = list(range(len(busy) + 1)) if ts_s is None else ts_s
+    user = np.r_[0.0, np.cumsum(busy)]
+    idle = np.r_[0.0, np.cumsum(1.0 - np.asarray(busy))]
+    return pd.DataFrame({"ts": pd.to_datetime(np.asarray(ts_s) * 1000, unit="ms", utc=True), "node": node, "cpu": cpu,
+                         **{m: 0.0 for m in CPU_MODES}, "user": user, "idle": idle})  # fmt: skip
+
+
+def test_rolling_statistics_on_a_hand_made_series_are_causal_and_right():
+    busy = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0]
+    df, rep = preprocess(_series(busy), ("busy", "rolling5"), interval_s=1.0)
+    # R = 5 samples; a window needs ⌈5/2⌉ = 3 of them: the first two samples are dropped
+    assert rep.window_incomplete == 2 and len(df) == len(busy) - 2
+    assert [c for c in df.columns if c.endswith("_5s")] == list(check_features(("rolling5",)))
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        win = np.array(busy[max(0, i - 4) : i + 1])
+        assert row.busy_mean_5s == pytest.approx(win.mean(), abs=1e-6)
+        assert row.busy_std_5s == pytest.approx(win.std(), abs=1e-6)
+        assert row.user_mean_5s == pytest.approx(win.mean(), abs=1e-6) and row.system_mean_5s == 0
+    # lag-1 autocorrelation, mapped to [0, 1]: alternating 0/1 is near 0; a constant window has none → ½
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        win = np.array(busy[max(0, i - 4) : i + 1])
+        d = win - win.mean()
+        rho = np.clip((d[:-1] * d[1:]).mean() / (win.var() + 1e-3), -1, 1)
+        assert row.busy_ac1_5s == pytest.approx((1 + rho) / 2, abs=1e-6)
+    assert df["busy_ac1_5s"].iloc[2] < 0.2 and df["busy_ac1_5s"].iloc[8] == 0.5  # 0,1,0,1,0 and 0.5 × 5
+    # causal: changing what comes later changes nothing before it
+    later = busy[:8] + [0.0, 1.0, 0.0, 0.0]
+    df2, _ = preprocess(_series(later), ("busy", "rolling5"), interval_s=1.0)
+    cols = list(check_features(("rolling5",)))
+    pd.testing.assert_frame_equal(df.iloc[:6][cols], df2.iloc[:6][cols], check_exact=True)
+    assert not df.iloc[6:][cols].equals(df2.iloc[6:][cols])
+    # a missed scrape is a hole in the window, not an older sample pulled in
+    ts = [0, 1, 2, 3, 4, 5, 8, 9, 10]
+    gap, rep = preprocess(_series([1.0] * 5 + [0.0, 0.0, 0.0], ts), ("busy", "rolling5"), interval_s=1.0)
+    by_ts = gap.set_index(gap["ts"].astype("int64") // 1000)["busy_mean_5s"]
+    # at 9 s the window (4.5 s, 9 s] holds the samples ending at 5 (busy 1), 8 and 9 (busy 0);
+    # at 10 s only 8, 9, 10 — not the last five samples, which would reach back to 4 s
+    assert by_ts[9] == pytest.approx(1 / 3) and by_ts[10] == 0.0 and rep.gaps == 1
+
+
+def test_rolling_group_takes_node_rates_only_with_node_features():
+    cpu_only = check_features(("cpu", "rolling"))
+    assert "busy_std_30s" in cpu_only and not any(f.startswith(("ctxt", "intr")) for f in cpu_only)
+    rich = check_features(("cpu", "node", "rolling60"))
+    assert {"ctxt_cv_60s", "intr_logmean_60s", "busy_ac5_60s"} <= set(rich)
+    with pytest.raises(DidactError, match="need a node-level feature"):
+        check_features(("cpu", "ctxt_cv_30s"))
+    with pytest.raises(DidactError, match="5 to 3600"):
+        check_features(("rolling2",))
+    from didact_core.data.preprocess import split_feature_columns
+
+    cols = feature_columns(("cpu", "node", "rolling"), 2)
+    assert split_feature_columns(cols) == (check_features(("cpu", "node", "rolling")), 2)
+
+
+def test_rolling_features_are_the_same_bits_in_a_day_and_fed_in_two_halves(settings):
+    """The batch path (a day at once) and the incremental one (two halves through one
+    RollingState, as serving feeds it) give identical values for every sample both have."""
+    from didact_core.data.rolling import RollingState
+
+    block = SimulatedCluster.from_settings(settings).fetch_day(dt.date.fromisoformat(fixed_days(1)[0]))
+    feats = ("cpu", "node", "rolling600")  # 10 samples at 60-s scrapes
+    full, rep = preprocess(block.cpu, feats, node_metrics=block.node_metrics, interval_s=60.0, window=2)
+    assert rep.window_incomplete >= settings.nodes * settings.cpus * 5
+    assert (full[list(check_features(feats))] >= 0).all().all()  # log1p-safe
+    cut = block.cpu["ts"].sort_values().iloc[len(block.cpu) // 2]
+    state, parts = RollingState(), []
+    for first in (True, False):
+        cpu, nm = block.cpu, block.node_metrics
+        if first:
+            cpu, nm = cpu[cpu["ts"] < cut], nm[nm["ts"] < cut]
+        else:  # the second half starts with each series' last scrape before the cut (its pair)
+            cpu = pd.concat([cpu[cpu["ts"] < cut].groupby(["node", "cpu"], observed=True).tail(1), cpu[cpu["ts"] >= cut]])
+            nm = pd.concat([nm[nm["ts"] < cut].groupby("node", observed=True).tail(1), nm[nm["ts"] >= cut]])
+        part, _ = preprocess(cpu, feats, node_metrics=nm, interval_s=60.0, rolling=state)
+        parts.append(part)
+    inc = pd.concat(parts, ignore_index=True)
+    cols = [c for c in check_features(feats) if c.endswith("600s")]
+    key = ["node", "cpu", "ts"]
+    a = full.assign(node=full["node"].astype(str)).set_index(key)[cols]
+    b = inc.assign(node=inc["node"].astype(str)).set_index(key)[cols]
+    assert a.index.isin(b.index).all() and len(b) >= len(a)
+    assert np.array_equal(a.to_numpy(), b.loc[a.index].to_numpy())  # bit for bit

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from didact_core.data import rolling as roll
 from didact_core.errors import DataQualityError, DidactError
 from didact_core.schema import (
     CPU_FRACTIONS, CPU_MODES, NODE_COUNTERS, NODE_FEATURES, NODE_GAUGES, OTHER_MODES, validate_raw_cpu,
@@ -56,7 +57,8 @@ DEFAULT_FEATURES = CPU_FRACTIONS
 #: per-CPU row its node's context: one busy thread on an otherwise idle node (mean 1/C, high
 #: spread) is not the same as an idle thread or as one of N busy threads
 NODE_CPU_FEATURES = ("node_busy", "node_busy_std")
-#: feature-list shorthands: ``cpu`` = the five fractions, ``node`` = every node-level feature
+#: feature-list shorthands: ``cpu`` = the five fractions, ``node`` = every node-level feature;
+#: ``rolling`` / ``rollingN`` (rolling statistics over 30 / N s) are expanded by :func:`check_features`
 FEATURE_GROUPS = {"cpu": DEFAULT_FEATURES, "node": NODE_FEATURES + NODE_CPU_FEATURES}
 
 GAP_FACTOR = 1.5
@@ -113,22 +115,40 @@ class CleaningReport:
 
 
 def check_features(features) -> tuple[str, ...]:
-    """Validate a feature list (groups ``cpu``/``node`` expanded) against what the
-    CPU counters and node-level metrics can give."""
+    """Validate a feature list (groups ``cpu``/``node``/``rolling[N]`` expanded) against what
+    the CPU counters and node-level metrics can give.
+
+    ``rolling`` adds the node statistics (context switches, interrupts) only when the list
+    also holds a node-level feature: only a node-level model reads node exporter's metrics."""
     expanded: list[str] = []
+    rolling_groups: list[int] = []
     for f in features:
-        expanded.extend(FEATURE_GROUPS.get(f, (f,)))
+        seconds = roll.group_seconds(f)
+        if seconds is not None:
+            rolling_groups.append(seconds)
+        else:
+            expanded.extend(FEATURE_GROUPS.get(f, (f,)))
+    node_level = any(f in NODE_FEATURES for f in expanded)
+    for seconds in rolling_groups:
+        expanded.extend(roll.rolling_features(seconds, node=node_level))
     features = tuple(expanded)
-    unknown = [f for f in features if f not in CPU_FEATURES and f not in NODE_FEATURES and f not in NODE_CPU_FEATURES]
+    unknown = [f for f in features if f not in CPU_FEATURES and f not in NODE_FEATURES
+               and f not in NODE_CPU_FEATURES and not roll.is_rolling(f)]  # fmt: skip
     if unknown or not features:
         raise DidactError(
             f"features {list(features)}",
             f"unknown feature(s) {unknown}" if unknown else "the list is empty",
             f"choose from {sorted(CPU_FEATURES)}, the node-level {list(NODE_FEATURES + NODE_CPU_FEATURES)}, "
-            "or the groups cpu and node (DIDACT_FEATURES)",
+            "rolling statistics like busy_std_30s, or the groups cpu, node and rolling[N] (DIDACT_FEATURES)",
         )
     if len(set(features)) != len(features):
         raise DidactError(f"features {list(features)}", "a feature is listed twice")
+    if any(roll.sources((f,))[1] for f in features) and not node_level:
+        raise DidactError(
+            f"features {list(features)}",
+            "rolling statistics of node-level rates need a node-level feature in the list too",
+            "add the node group (DIDACT_FEATURES=cpu,node,rolling)",
+        )
     return features
 
 
@@ -269,21 +289,36 @@ def preprocess(
     max_gap_factor: float = 4.0,
     node_metrics: pd.DataFrame | None = None,
     window: int = 1,
+    rolling: roll.RollingState | None = None,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Counters → features for whole (node, cpu) series.
 
     ``interval_s`` is the nominal scrape interval; ``None`` infers it as the median
     step.  Node-level features in ``features`` come from ``node_metrics`` (joined by node
-    and scrape time); ``window > 1`` adds each feature's previous ``window − 1`` values.
-    Returns the AI-ready frame (``ts`` = interval end, ``node``, ``cpu``, ``dt_s`` and
-    :func:`feature_columns`, float32) and the :class:`CleaningReport`.
+    and scrape time); rolling features (:mod:`didact_core.data.rolling`) from the history
+    in ``rolling`` (serving keeps one across polls; None: a fresh one, as for a day), rows
+    with too short a rolling history counted as ``window_incomplete``; ``window > 1``
+    adds each feature's previous ``window − 1`` values.  Returns the AI-ready frame
+    (``ts`` = interval end, ``node``, ``cpu``, ``dt_s`` and :func:`feature_columns`,
+    float32) and the :class:`CleaningReport`.
     """
-    samples, rep = _cpu_fractions(raw, features, interval_s, max_gap_factor)
     all_features = check_features(features)
-    if any(f in NODE_FEATURES for f in all_features):
-        samples, rep.missing_node_metrics = add_node_features(samples, node_metrics, all_features)
+    rolled = tuple(f for f in all_features if roll.is_rolling(f))
+    cpu_src, node_src = roll.sources(rolled)
+    # the columns the rolling statistics are taken of, computed beside the features, then dropped
+    helpers = tuple(c for c in cpu_src + node_src if c not in all_features)
+    computed = tuple(f for f in all_features if not roll.is_rolling(f)) + helpers
+    samples, rep = _cpu_fractions(raw, computed, interval_s, max_gap_factor)
+    if any(f in NODE_FEATURES for f in computed):
+        samples, rep.missing_node_metrics = add_node_features(samples, node_metrics, computed)
+    if rolled:
+        step = interval_s or (float(np.median(samples["dt_s"])) if len(samples) else 1.0)
+        state = rolling if rolling is not None else roll.RollingState()
+        samples, rep.window_incomplete = state.apply(samples, rolled, step)
+        samples = samples.drop(columns=list(helpers))
     if window > 1:
-        samples, rep.window_incomplete = add_windows(samples, all_features, window, interval_s)
+        samples, incomplete = add_windows(samples, all_features, window, interval_s)
+        rep.window_incomplete += incomplete
     rep.rows_out = len(samples)
     return samples, rep
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from didact_core.data.preprocess import CleaningReport, preprocess
+from didact_core.data.rolling import RollingState, is_rolling
 from didact_core.schema import CPU_MODES, NODE_FEATURES, validate_raw_cpu
 from didact_core.serve.history import NodeHistory, WindowBuffer
 from didact_core.serve.model import LoadedModel
@@ -64,6 +65,8 @@ class Scorer:
         self._seen_invalid: set = set()
         self._nodes = NodeHistory(forget_after_s)
         self.windows = WindowBuffer(forget_after_s)
+        #: rolling features (DIDACT_FEATURES=…,rolling): the recent samples they are computed over
+        self.rolling = RollingState(forget_after_s)
         self._steps: list[float] = []
 
     def reset(self) -> None:
@@ -71,6 +74,7 @@ class Scorer:
         self._seen_invalid = set()
         self._nodes = NodeHistory(self.forget_after_s)
         self.windows = WindowBuffer(self.forget_after_s)
+        self.rolling = RollingState(self.forget_after_s)
         self._steps = []
 
     def step_s(self) -> float | None:
@@ -149,13 +153,13 @@ class Scorer:
         base = model.base_features
         step = self.step_s()
         if model.needs_node_metrics and (node_pairs is None or node_pairs.empty):
-            cpu_only = tuple(f for f in base if f not in NODE_FEATURES)
+            cpu_only = tuple(f for f in base if f not in NODE_FEATURES and not is_rolling(f))
             samples, report = preprocess(pairs, cpu_only or ("idle",), interval_s=step)
             self._observe(samples)
             report.missing_node_metrics, report.rows_out = len(samples), 0
             samples = samples.iloc[:0].assign(**{f: np.zeros(0, np.float32) for f in base})
         else:
-            samples, report = preprocess(pairs, base, interval_s=step, node_metrics=node_pairs)
+            samples, report = preprocess(pairs, base, interval_s=step, node_metrics=node_pairs, rolling=self.rolling)
             self._observe(samples)
         if model.window > 1:
             step = self.step_s()

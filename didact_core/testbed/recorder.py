@@ -62,7 +62,7 @@ from didact_core.testbed.progress import Interrupts, ProgressEvent
 from didact_core.testbed.scrapes import discover_node, wait_for_scrapes
 from didact_core.testbed.services import start_recording_services, testbed_dir, tsdb_dir
 from didact_core.testbed.workloads import (
-    WORKLOADS, RunContext, Workload, check_flavours, mem_available, plan_segments, resolve_flavours, usable_cpus,
+    RunContext, Workload, check_flavours, workloads_of, mem_available, plan_segments, resolve_flavours, usable_cpus,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class Recording:
     skipped: dict = field(default_factory=dict)
     interrupted: bool = False
     service_pids: list[int] = field(default_factory=list)
+    #: the workload set recorded ("A" or "B": other programs for the same flavours)
+    workload_set: str = "A"
 
     @property
     def days(self) -> list[dt.date]:
@@ -163,11 +165,12 @@ class _Plan:
     longest_warmup: float
 
 
-def _plan(settings: Settings, flavours, minutes, segments, segment_seconds, seed, tool_path, emit) -> tuple[_Plan, Recording]:
-    names = resolve_flavours(flavours)
+def _plan(settings: Settings, flavours, minutes, segments, segment_seconds, seed, tool_path, emit,
+          workload_set: str = "A") -> tuple[_Plan, Recording]:  # fmt: skip
+    names = resolve_flavours(flavours, workload_set)
     if not segment_seconds > 0:
         raise DidactError(f"segment_seconds={segment_seconds}", "must be positive")
-    runnable, skipped, tools, mpi_bench = check_flavours(names, settings.home_path, tool_path)
+    runnable, skipped, tools, mpi_bench = check_flavours(names, settings.home_path, tool_path, workload_set)
     for name, why in skipped.items():
         log.warning("skipping %s: %s", name, why)
         emit(ProgressEvent("skip", f"skipping {name}: {why}", flavour=name))
@@ -205,6 +208,7 @@ def record(
     tool_path: str | None = None,
     io_dir: str | Path | None = None,
     scrape_interval_s: float = 1.0,
+    workload_set: str = "A",
 ) -> Recording:
     """Record labelled telemetry on this node (see the module doc).
 
@@ -214,11 +218,13 @@ def record(
     ``$DIDACT_HOME/testbed/labels.csv``; rows already in it are kept.  ``tool_path`` is
     the PATH workload tools are looked up in; ``io_dir`` where IO workloads write
     (default ``$DIDACT_HOME/testbed``).  Returns the :class:`Recording`, also when
-    interrupted (``interrupted=True``).
+    interrupted (``interrupted=True``).  ``workload_set`` picks the programs: ``"A"`` (stress-ng,
+    MPI over TCP) or ``"B"`` (other programs for the same flavours, MPI over shared memory).
     """
     settings = settings or Settings.from_env()
     emit = progress or (lambda ev: None)
-    plan, rec = _plan(settings, flavours, minutes, segments, segment_seconds, seed, tool_path, emit)
+    plan, rec = _plan(settings, flavours, minutes, segments, segment_seconds, seed, tool_path, emit, workload_set)
+    rec.workload_set = workload_set
     rec.labels_csv = Path(out_csv) if out_csv else testbed_dir(settings) / "labels.csv"
     writer = LabelsWriter(rec.labels_csv)
     rec.node, rec.prometheus_url, rec.own_services = node_name or "", prometheus_url, prometheus_url is None
@@ -302,7 +308,7 @@ def _run_segments(rec: Recording, ctx: RunContext, guard: float, emit, ints: Int
     for i, name in enumerate(rec.planned, 1):
         if name in disabled:
             continue
-        seg = _run_segment(WORKLOADS[name], i, rec, ctx, guard, emit, ints, active)
+        seg = _run_segment(workloads_of(rec.workload_set)[name], i, rec, ctx, guard, emit, ints, active)
         if seg.status == "failed":
             disabled[name] = seg.message
             emit(ProgressEvent("failed", f"{seg.message} — {name} is left out from now on",

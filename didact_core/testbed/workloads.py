@@ -34,16 +34,48 @@ variables); ranks talk over ``lo`` only, through the TCP transport (it stands in
 interconnect; shared memory would hide the communication from the node's counters).  A
 workload whose tool is missing is skipped with a message naming the package to install
 (``skipping mpi_comm: mpirun not found — install openmpi-bin``).
+
+**Set B** (``WORKLOADS_B``, ``didact testbed record --set B``): the same labels made of
+other programs, so that a model tuned on set A can be judged on set B.  The jobs are
+``testbed/jobs_b.py`` (run by this Python), ``testbed/ctx_pingpong.c`` (gcc) and
+``testbed/mpi_kernels_b.c`` (mpicc), compiled on first use like ``mpi_bench``:
+
+==============  ==============================================================  ================
+label           program                                                         needs
+==============  ==============================================================  ================
+idle            a daemon-like heartbeat: wake every second, write a file         (python)
+io_good         ``dd bs=1M oflag=direct`` rewriting a 256 MiB file               coreutils
+io_bad          N × ``dd bs=4k oflag=dsync``: small writes, each synced          coreutils
+cpu_1           ``xz -T1 -6`` compressing generated log text                     xz-utils
+cpu_n           ``make -jN`` over a generated tree of 49 C files (gcc -O2)       make, gcc
+memory          N pandas processes: groupby / merge / sort of random-key frames  pandas
+ctx_switch      N thread pairs ping-ponging a byte over AF_UNIX socket pairs     gcc
+mpi_compute     N ranks of an N-body step + ``MPI_Allgather``, shared memory     openmpi
+mpi_comm        2N ranks (more than cores, ``--oversubscribe``) of               openmpi
+                ``MPI_Alltoall`` + ``MPI_Bcast`` over shared memory
+==============  ==============================================================  ================
+
+MPI in set B runs over Open MPI's shared-memory transport (``--mca btl ^tcp``: vader in
+Open MPI 4, sm in 5), the usual path on one node; set A's TCP stands in for an
+interconnect.  **Mixed nodes** — two flavours at once — are set B's ``mix_blas_io``
+(numpy matmul on N BLAS threads beside one dsync writer) and ``mix_xz_memory`` (``xz``
+beside a pandas process).  They are labelled by their own name, so their segments can
+be told apart from the pure ones, and are *not* in the default plan: they are no class of
+set A, so a classifier trained on set A cannot be right about them; name them with
+``--flavours`` to record them for an open-set check (they should look novel), or label
+them ``exclude`` to keep them out of training and evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +85,13 @@ from didact_core.errors import DidactError
 REPO = Path(__file__).resolve().parents[2]
 MPI_BENCH_SOURCE = REPO / "testbed" / "mpi_bench.c"
 MPI_READY_MARKER = b"mpi_bench ready"
+JOBS_B = REPO / "testbed" / "jobs_b.py"
+#: programs set B compiles on first use: name → (source in testbed/, compiler, extra flags)
+PROGRAMS = {
+    "ctx_pingpong": ("ctx_pingpong.c", "gcc", ("-pthread",)),
+    "mpi_kernels_b": ("mpi_kernels_b.c", "mpicc", ("-lm",)),
+}
+_COMPILER_PACKAGE = {"gcc": "gcc", "mpicc": "libopenmpi-dev"}
 
 
 @dataclass
@@ -84,9 +123,14 @@ class Workload:
     #: bytes the program prints once it runs (the label starts there), or None
     ready_marker: bytes | None = None
     needs_mpi_bench: bool = False
+    #: programs of :data:`PROGRAMS` it runs (compiled on first use; ``tools[name]`` is the binary)
+    builds: tuple[str, ...] = ()
+    #: Python modules the job imports, with the package that provides each
+    modules: tuple[tuple[str, str], ...] = ()
 
     def env(self) -> dict:
-        if self.needs_mpi_bench and os.geteuid() == 0:
+        mpi = self.needs_mpi_bench or any(t == "mpirun" for t, _ in self.tools)
+        if mpi and os.geteuid() == 0:
             return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
         return {}
 
@@ -156,19 +200,91 @@ WORKLOADS: dict[str, Workload] = {
 }  # fmt: skip
 
 
-def resolve_flavours(names: str | Sequence[str] | None) -> list[str]:
-    """Flavour names from a list or a comma list (None: all), validated, order kept."""
+def _jobs_b(ctx: RunContext, job: str) -> list[str]:
+    """``testbed/jobs_b.py JOB`` under this Python (the venv's numpy and pandas)."""
+    return [ctx.tools["python"], str(JOBS_B), job, f"{ctx.seconds:.0f}", str(ctx.workdir / job), str(ctx.cpus),
+            str(ctx.mem_available)]  # fmt: skip
+
+
+def _mpirun_shm(ctx: RunContext, ranks: int, mode: str, arg: str) -> list[str]:
+    """``mpi_kernels_b`` over Open MPI's shared-memory transport (every BTL but TCP: vader
+    in Open MPI 4, sm in 5); ``--oversubscribe`` allows more ranks than CPU threads."""
+    argv = [ctx.tools["mpirun"], "-np", str(ranks), "--oversubscribe", "--bind-to", "none"]
+    if os.geteuid() == 0:
+        argv.append("--allow-run-as-root")
+    argv += ["--mca", "oob_tcp_if_include", "lo", "--mca", "btl", "^tcp"]
+    return argv + [ctx.tools["mpi_kernels_b"], mode, f"{ctx.seconds:.0f}", arg]
+
+
+PY = (("python", "python3"),)
+JOBS_READY = b"jobs_b ready"
+
+WORKLOADS_B: dict[str, Workload] = {
+    f.name: f
+    for f in (
+        Workload("idle", "a daemon-like heartbeat writing a file every second (testbed/jobs_b.py heartbeat)", PY,
+                lambda c: _jobs_b(c, "heartbeat"), ready_marker=JOBS_READY),
+        Workload("io_good", "dd bs=1M oflag=direct over a 256 MiB file (testbed/jobs_b.py dd_direct)",
+                PY + (("dd", "coreutils"),), lambda c: _jobs_b(c, "dd_direct"), warmup_s=0.5, ready_marker=JOBS_READY),
+        Workload("io_bad", "N writers of dd bs=4k oflag=dsync (testbed/jobs_b.py dd_dsync)",
+                PY + (("dd", "coreutils"),), lambda c: _jobs_b(c, "dd_dsync"), warmup_s=0.5, ready_marker=JOBS_READY),
+        Workload("cpu_1", "xz -T1 -6 over generated log text (testbed/jobs_b.py xz)", PY + (("xz", "xz-utils"),),
+                lambda c: _jobs_b(c, "xz"), warmup_s=0.5, ready_marker=JOBS_READY),
+        Workload("cpu_n", "make -jN over a generated C tree with gcc -O2 (testbed/jobs_b.py compile)",
+                PY + (("make", "make"), ("gcc", "gcc")), lambda c: _jobs_b(c, "compile"), warmup_s=0.5,
+                ready_marker=JOBS_READY),
+        Workload("memory", "N pandas processes: groupby / merge / sort (testbed/jobs_b.py pandas)", PY,
+                lambda c: _jobs_b(c, "pandas"), warmup_s=2.0, ready_marker=JOBS_READY,
+                modules=(("numpy", "numpy"), ("pandas", "pandas"))),
+        Workload("ctx_switch", "N thread pairs ping-ponging over AF_UNIX sockets (testbed/ctx_pingpong.c)", (),
+                lambda c: [c.tools["ctx_pingpong"], str(c.cpus), f"{c.seconds:.0f}"],
+                ready_marker=b"ctx_pingpong ready", builds=("ctx_pingpong",)),
+        Workload("mpi_compute", "MPI, N ranks over shared memory: N-body steps + MPI_Allgather "
+                "(testbed/mpi_kernels_b.c nbody)", MPI,
+                lambda c: _mpirun_shm(c, max(2, c.cpus), "nbody", "4096"),
+                ready_marker=b"mpi_kernels_b ready", builds=("mpi_kernels_b",)),
+        Workload("mpi_comm", "MPI, 2N ranks (oversubscribed) over shared memory: MPI_Alltoall + MPI_Bcast "
+                "(testbed/mpi_kernels_b.c alltoall)", MPI,
+                lambda c: _mpirun_shm(c, max(4, 2 * c.cpus), "alltoall", "32768"),
+                ready_marker=b"mpi_kernels_b ready", builds=("mpi_kernels_b",)),
+        Workload("mix_blas_io", "a mixed node: numpy matmul on N BLAS threads beside a dd dsync writer "
+                "(testbed/jobs_b.py blas_io)", PY + (("dd", "coreutils"),), lambda c: _jobs_b(c, "blas_io"),
+                warmup_s=1.0, ready_marker=JOBS_READY, modules=(("numpy", "numpy"),)),
+        Workload("mix_xz_memory", "a mixed node: xz beside one pandas process (testbed/jobs_b.py xz_pandas)",
+                PY + (("xz", "xz-utils"),), lambda c: _jobs_b(c, "xz_pandas"), warmup_s=2.0,
+                ready_marker=JOBS_READY, modules=(("numpy", "numpy"), ("pandas", "pandas"))),
+    )
+}  # fmt: skip
+
+#: the workload sets a recording can run (``didact testbed record --set``)
+WORKLOAD_SETS: dict[str, dict[str, Workload]] = {"A": WORKLOADS, "B": WORKLOADS_B}
+#: what a set runs when no flavours are named: set B leaves its mixed nodes out (no class of set A)
+DEFAULT_FLAVOURS = {"A": tuple(WORKLOADS), "B": tuple(n for n in WORKLOADS_B if not n.startswith("mix_"))}
+
+
+def workloads_of(name: str = "A") -> dict[str, Workload]:
+    """The workloads of set ``name`` (``A`` or ``B``, any case): label → :class:`Workload`."""
+    key = str(name).strip().upper()
+    if key not in WORKLOAD_SETS:
+        raise DidactError(f"workload set {name!r}", "does not exist", f"choose from {', '.join(WORKLOAD_SETS)}")
+    return WORKLOAD_SETS[key]
+
+
+def resolve_flavours(names: str | Sequence[str] | None, workload_set: str = "A") -> list[str]:
+    """Flavour names of a workload set from a list or a comma list (None: the set's
+    default), validated, order kept."""
+    workloads = workloads_of(workload_set)
     if names is None:
-        return list(WORKLOADS)
+        return list(DEFAULT_FLAVOURS[workload_set.strip().upper()])
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",")]
     names = [n for n in names if n]
-    unknown = [n for n in names if n not in WORKLOADS]
+    unknown = [n for n in names if n not in workloads]
     if unknown or not names:
         raise DidactError(
             f"flavours {names}",
             f"unknown flavour(s) {unknown}" if unknown else "the list is empty",
-            f"choose from {', '.join(WORKLOADS)}",
+            f"choose from {', '.join(workloads)}",
         )
     return list(dict.fromkeys(names))
 
@@ -193,30 +309,35 @@ def mem_available() -> int:
 def build_mpi_bench(home: Path, mpicc: str | None = None, tool_path: str | None = None) -> Path:
     """Compile ``testbed/mpi_bench.c`` with ``mpicc`` into ``home/testbed/bin`` (cached by
     source hash) and return the binary.  Raises :class:`DidactError` naming what is missing."""
-    if not MPI_BENCH_SOURCE.exists():
-        raise DidactError(
-            f"MPI program {MPI_BENCH_SOURCE}", "does not exist", "run didact from its source checkout"
-        )
-    src = MPI_BENCH_SOURCE.read_bytes()
-    digest = hashlib.sha256(src).hexdigest()[:12]
+    return build_program(home, MPI_BENCH_SOURCE, "mpicc", (), compiler=mpicc, tool_path=tool_path)
+
+
+def build_program(home: Path, source: Path, compiler_name: str, flags: Sequence[str] = (), *,
+                  compiler: str | None = None, tool_path: str | None = None) -> Path:  # fmt: skip
+    """Compile a testbed C program into ``home/testbed/bin/<name>-<source hash>`` (cached)."""
+    if not source.exists():
+        raise DidactError(f"testbed program {source}", "does not exist", "run didact from its source checkout")
+    src = source.read_bytes()
+    digest = hashlib.sha256(src + " ".join(flags).encode()).hexdigest()[:12]  # no flags: the hash of the source
     out_dir = Path(home) / "testbed" / "bin"
-    binary = out_dir / f"mpi_bench-{digest}"
+    binary = out_dir / f"{source.stem}-{digest}"
     if binary.exists() and os.access(binary, os.X_OK):
         return binary
-    mpicc = mpicc or shutil.which("mpicc", path=tool_path)
-    if not mpicc:
-        raise DidactError("mpicc", "not found, so testbed/mpi_bench.c cannot be compiled", "install libopenmpi-dev")
+    compiler = compiler or shutil.which(compiler_name, path=tool_path)
+    package = _COMPILER_PACKAGE.get(compiler_name, compiler_name)
+    if not compiler:
+        raise DidactError(compiler_name, f"not found, so {source.relative_to(REPO)} cannot be compiled",
+                          f"install {package}")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".mpi_bench-{digest}.{os.getpid()}.tmp"
+    tmp = out_dir / f".{source.stem}-{digest}.{os.getpid()}.tmp"
     try:
-        r = subprocess.run(
-            [mpicc, "-O2", "-o", str(tmp), str(MPI_BENCH_SOURCE)], capture_output=True, text=True, timeout=120
-        )
+        r = subprocess.run([compiler, "-O2", "-o", str(tmp), str(source), *flags], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
         if r.returncode != 0:
             raise DidactError(
-                f"mpicc {MPI_BENCH_SOURCE}",
+                f"{compiler_name} {source}",
                 f"failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}",
-                "check the Open MPI development install (libopenmpi-dev)",
+                f"check the {package} install",
             )
         os.replace(tmp, binary)
     finally:
@@ -224,26 +345,50 @@ def build_mpi_bench(home: Path, mpicc: str | None = None, tool_path: str | None 
     return binary
 
 
+def _missing(fl: Workload, home: Path, tool_path: str | None, tools: dict, built: dict) -> list[str]:
+    """What ``fl`` lacks here (empty: it can run); found tools and built programs go into
+    ``tools`` (``built``: program → its path or the error, shared over the flavours)."""
+    missing = []
+    for tool, package in fl.tools:
+        path = sys.executable if tool == "python" else shutil.which(tool, path=tool_path)
+        if path:
+            tools[tool] = path
+        else:
+            missing.append(f"{tool} not found — install {package}")
+    for module, package in fl.modules:
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"Python module {module} not found in {sys.executable} — install {package}")
+    for name in fl.builds:
+        if name not in built:
+            source, compiler, flags = PROGRAMS[name]
+            try:
+                built[name] = build_program(home, REPO / "testbed" / source, compiler, flags, tool_path=tool_path)
+            except DidactError as e:
+                built[name] = f"{e.what}: {e.problem}" + (f" — {e.fix}" if e.fix else "")
+        if isinstance(built[name], Path):
+            tools[name] = str(built[name])
+        else:
+            missing.append(built[name])
+    return missing
+
+
 def check_flavours(
-    names: Sequence[str], home: Path, tool_path: str | None = None
+    names: Sequence[str], home: Path, tool_path: str | None = None, workload_set: str = "A"
 ) -> tuple[list[Workload], dict[str, str], dict[str, str], Path | None]:
-    """Which flavours can run here: (runnable, {skipped name: reason}, tools, mpi_bench).
+    """Which flavours of a workload set can run here: (runnable, {skipped name: reason},
+    tools, mpi_bench).
 
     ``tool_path`` is the PATH the tools are looked up in (default: the environment's)."""
+    workloads = workloads_of(workload_set)
     runnable: list[Workload] = []
     skipped: dict[str, str] = {}
     tools: dict[str, str] = {}
+    built: dict[str, Path | str] = {}
     mpi_bench: Path | None = None
     mpi_error: str | None = None
     for name in names:
-        fl = WORKLOADS[name]
-        missing = []
-        for tool, package in fl.tools:
-            path = shutil.which(tool, path=tool_path)
-            if path:
-                tools[tool] = path
-            else:
-                missing.append(f"{tool} not found — install {package}")
+        fl = workloads[name]
+        missing = _missing(fl, home, tool_path, tools, built)
         if not missing and fl.needs_mpi_bench:
             if mpi_bench is None and mpi_error is None:
                 try:
