@@ -1,4 +1,16 @@
-"""The Dagster instance under DIDACT_HOME (runs, materialisations, schedules, sensors)."""
+"""The Dagster instance under DIDACT_HOME (runs, materialisations, schedules, sensors),
+and what keeps it clean of runs whose process died.
+
+A run killed by SIGKILL (OOM killer, a reboot) never writes its end: Dagster shows it
+STARTED for ever and its concurrency slot (pool ``didact_model``) stays taken, so every
+later training waits "blocked by limit for pool didact_model".  The run monitoring of the
+daemon cannot see it (the default run launcher has no worker health check), so didact's
+executor (:data:`didact_executor`, every job's) does the check itself before any step
+claims a slot: each run records its orchestrating process (host, pid, start time) in tags,
+and a run whose process on this host is gone is marked failed and its slots are freed
+(:func:`end_dead_runs`).  Runs of another host are left to that host (and to the
+daemon's run monitoring).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from didact_core.config import Settings, ensure_home
+from didact_core.learn.stale_runs import process_gone, process_identity
 
 DAGSTER_YAML = """\
 # written by didact; edit freely (it is not overwritten)
@@ -20,7 +33,20 @@ concurrency:
     # champion_model runs in pool "didact_model": one training at a time, so the
     # champion a day starts from is never moved under it by another run
     default_limit: 1
+# the daemon (didact ui) fails runs stuck STARTING/CANCELING and frees the slots of ended
+# runs; a run whose process was killed is failed by the next run on this host (didact's
+# executor checks the recorded pid)
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  free_slots_after_run_end_seconds: 60
+  poll_interval_seconds: 30
 """
+
+#: run tags naming the process that orchestrates a run
+HOST_TAG, PID_TAG, START_TAG = "didact/host", "didact/pid", "didact/process_start"
+_IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
 def ensure_instance(settings: Settings) -> dg.DagsterInstance:
@@ -31,3 +57,70 @@ def ensure_instance(settings: Settings) -> dg.DagsterInstance:
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)
     return dg.DagsterInstance.get()
+
+
+def mark_run_process(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Record this process as the one orchestrating ``run_id``."""
+    host, pid, start = process_identity()
+    instance.add_run_tags(run_id, {HOST_TAG: host, PID_TAG: str(pid), START_TAG: start})
+
+
+def end_dead_runs(instance: dg.DagsterInstance, current_run_id: str | None = None) -> dict[str, str]:
+    """Mark failed the in-progress runs whose process on this host is gone, and free the
+    concurrency slots that ended runs still hold.  Returns {run id: what was done}."""
+    done = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_IN_PROGRESS)):
+        tags = run.tags
+        if run.run_id == current_run_id or not process_gone(tags.get(HOST_TAG, ""), tags.get(PID_TAG, ""),
+                                                            tags.get(START_TAG, "")):  # fmt: skip
+            continue
+        why = (f"its process (pid {tags[PID_TAG]} on {tags[HOST_TAG]}) ended without ending the run "
+               f"(killed, or the host rebooted); found by run {current_run_id or '-'}")  # fmt: skip
+        instance.report_run_failed(run, message=f"didact: run {run.run_id} marked failed: {why}")
+        done[run.run_id] = f"marked failed: {why}"
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for run_id in storage.get_concurrency_run_ids() - {current_run_id}:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                freed = storage.free_concurrency_slots_for_run(run_id)
+                if freed:
+                    done[run_id] = f"{done.get(run_id, 'ended')}; freed its concurrency slot(s)"
+    return done
+
+
+class _DeadRunsFirst(dg.Executor):
+    """The standard executor, after :func:`end_dead_runs` (see the module doc)."""
+
+    def __init__(self, inner: dg.Executor):
+        self._inner = inner
+
+    def execute(self, plan_context, execution_plan):
+        instance = plan_context.instance
+        if not instance.is_ephemeral:
+            mark_run_process(instance, plan_context.run_id)
+            for run_id, what in end_dead_runs(instance, plan_context.run_id).items():
+                plan_context.log.warning(f"stale run {run_id}: {what}")
+        yield from self._inner.execute(plan_context, execution_plan)
+
+    @property
+    def retries(self):
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self._inner.step_dependency_config
+
+
+_BASE = dg.multi_or_in_process_executor
+
+#: every didact job's executor: Dagster's default (multiprocess, or in_process by config),
+#: after failing the runs a killed process left STARTED and freeing their slots
+didact_executor = dg.ExecutorDefinition(
+    name="didact",
+    config_schema=_BASE.config_schema,
+    requirements=_BASE.get_requirements,
+    executor_creation_fn=lambda init_context: _DeadRunsFirst(_BASE.executor_creation_fn(init_context)),
+    description="Dagster's multiprocess/in-process executor; first fails runs whose process died and frees "
+    "their concurrency slots.",
+)

@@ -7,6 +7,7 @@ from didact_core.learn.code_versions import EVAL_CODE_VERSION, TRAIN_CODE_VERSIO
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of
+from .metadata import champion_metadata, evaluation_metadata, rounded
 from .review import ood_review
 from .telemetry import ai_ready_metrics
 
@@ -47,25 +48,10 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
         passed=out.gate.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=out.gate.reason,
-        metadata={"gate": dg.MetadataValue.json(out.gate.metadata())},
+        metadata={"gate": dg.MetadataValue.json(rounded(out.gate.metadata()))},
     )
     return dg.MaterializeResult(
-        metadata={
-            "model_version": out.version.version,
-            "parent_version": out.parent_version if out.parent_version is not None else "none",
-            "champion_version": out.champion_version,
-            "promoted": out.promoted,
-            "gate": out.gate.reason,
-            "mlflow_run_id": out.mlflow_run_id,
-            "train_samples": out.n_train,
-            "excluded_by_review": out.excluded_by_review,
-            "added_from_review": out.added_from_review,
-            "replay_samples": out.n_replay,
-            "epochs": out.fit.get("epochs", 0),
-            "best_val_loss": out.fit.get("best_val_loss", float("nan")),
-            "data_versions": dg.MetadataValue.json(out.data_versions),
-            "seconds": round(out.seconds, 1),
-        },
+        metadata=champion_metadata(out),
         data_version=dg.DataVersion(f"m{out.version.version}"),
         check_results=[gate],
     )
@@ -86,18 +72,4 @@ def model_evaluation(context: dg.AssetExecutionContext, didact: DidactResource) 
 
     settings = didact.settings()
     out = evaluate_day.evaluate_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id)
-    meta = {
-        "champion_version": out.champion_version,
-        "challenger_version": out.challenger_version,
-        "parent_version": out.parent_version if out.parent_version is not None else "none",
-        "mlflow_run_id": out.mlflow_run_id,
-        "side_by_side": dg.MetadataValue.json(out.metrics),
-    }
-    for who, sets in out.metrics.items():
-        for name, m in sets.items():
-            for k in ("mean_error", "latent_knn_accuracy", "pca2_knn_accuracy", "raw_knn_accuracy", "fault_roc_auc"):
-                if m.get(k) is not None:
-                    meta[f"{who}/{name}/{k}"] = float(m[k])
-            if name == "openset" and m.get("openset_auc") is not None:
-                meta[f"{who}/openset_auc"] = float(m["openset_auc"])
-    return dg.MaterializeResult(metadata=meta)
+    return dg.MaterializeResult(metadata=evaluation_metadata(out))

@@ -1,7 +1,5 @@
 """power_profiles: per node and job flavour, what the cluster draws and what to cap first."""
 
-import base64
-
 import dagster as dg
 
 from didact_core.power import partition as power_partition
@@ -9,6 +7,7 @@ from didact_core.power import partition as power_partition
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of, version_metadata
+from .metadata import image, ui_metadata
 from .telemetry import ai_ready_metrics, job_labels, raw_node_metrics
 
 
@@ -24,15 +23,12 @@ from .telemetry import ai_ready_metrics, job_labels, raw_node_metrics
 def power_profiles(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
     settings = didact.settings()
     res = power_partition.build_power_profiles(settings, day_of(context, settings), run_id=context.run_id)
-    plot = base64.b64encode(res.plot_png).decode()
     numbers = {f"summary/{k}": v for k, v in res.summary.items() if isinstance(v, (int, float))}
     return dg.MaterializeResult(
         metadata={
             **version_metadata(res.version),
-            "sources": dg.MetadataValue.json(res.sources),
-            **numbers,
-            "summary": dg.MetadataValue.json(res.summary),
-            "plot": dg.MetadataValue.md(f"![power profile](data:image/png;base64,{plot})"),
+            **ui_metadata({"sources": res.sources, **numbers, "summary": res.summary}),
+            "plot": image(res.plot_png, "power profile"),
             "plot_file": dg.MetadataValue.path(str(res.version.path / "profile.png")),
         },
         data_version=dg.DataVersion(res.version.data_version),

@@ -4,10 +4,31 @@
 import dagster as dg
 
 from didact_core.data import spine as pipeline
+from didact_core.data.warehouse import Warehouse
 
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of, version_metadata
+from .metadata import table_metadata, ui_metadata
+
+#: the table whose rows and columns the UI shows (and the schema-change check compares)
+MAIN_TABLE = {"raw_node_metrics": "cpu", "job_labels": "labels", "ai_ready_metrics": "samples"}
+
+
+def _table(settings, version) -> dict:
+    return table_metadata(Warehouse(settings.home_path), version, MAIN_TABLE[version.asset])
+
+
+def _executor(version) -> dict:
+    """Where the node blocks ran when not in local processes (DIDACT_EXECUTOR=slurm): job id,
+    task states, nodes, elapsed, per-task exit codes and logs, the log folder."""
+    job = version.metadata.get("executor")
+    if not job:
+        return {}
+    out = ui_metadata({f"{job['executor']}/{k}": job.get(k) for k in
+                       ("job_id", "states", "nodes", "elapsed_s", "blocks", "blocks_reused", "tasks")})  # fmt: skip
+    out[f"{job['executor']}/log_dir"] = dg.MetadataValue.path(job["log_dir"])
+    return out
 
 
 @dg.asset(
@@ -22,17 +43,15 @@ def raw_node_metrics(context: dg.AssetExecutionContext, didact: DidactResource) 
     settings = didact.settings()
     day = day_of(context, settings)
     res = pipeline.ingest_raw(settings, day, run_id=context.run_id, logger=context.log)
-    meta = {
-        **version_metadata(res.version),
-        "source": res.meta.get("source"),
-        "nodes": res.nodes,
-        "rows": res.rows,
-        "missing_nodes": dg.MetadataValue.json(res.missing_nodes),
-        "seconds": round(res.seconds, 2),
-    }
+    meta = {"source": res.meta.get("source"), "nodes": res.nodes, "rows": res.rows,
+            "missing_nodes": res.missing_nodes, "seconds": res.seconds}  # fmt: skip
     if "injected_data_faults" in res.meta:
-        meta["injected_data_faults"] = dg.MetadataValue.json(res.meta["injected_data_faults"])
-    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(res.version.data_version))
+        meta["injected_data_faults"] = res.meta["injected_data_faults"]
+    return dg.MaterializeResult(
+        metadata={**version_metadata(res.version), **_table(settings, res.version), **ui_metadata(meta),
+                  **_executor(res.version)},  # fmt: skip
+        data_version=dg.DataVersion(res.version.data_version),
+    )
 
 
 @dg.asset(
@@ -48,7 +67,8 @@ def job_labels(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.
     settings = didact.settings()
     res = pipeline.build_job_labels(settings, day_of(context, settings), run_id=context.run_id)
     return dg.MaterializeResult(
-        metadata={**version_metadata(res.version), "origin": res.origin, **res.counts},
+        metadata={**version_metadata(res.version), **_table(settings, res.version),
+                  **ui_metadata({"origin": res.origin, **res.counts})},  # fmt: skip
         data_version=dg.DataVersion(res.version.data_version),
     )
 
@@ -85,14 +105,16 @@ def ai_ready_metrics(context: dg.AssetExecutionContext, didact: DidactResource) 
             f"{cleaning['unusable']} of {cleaning['unusable'] + cleaning['rows_out']} samples unusable "
             f"({100 * res.report.unusable_fraction:.3f}%, bar {100 * res.max_unusable_fraction:.1f}%)"
         ),
-        metadata={"unusable_fraction": res.report.unusable_fraction, "bar": res.max_unusable_fraction},
+        metadata=ui_metadata({"unusable_fraction": res.report.unusable_fraction, "bar": res.max_unusable_fraction}),
     )
     return dg.MaterializeResult(
         metadata={
             **version_metadata(res.version),
-            "upstream": res.upstream.ref,
-            "labelled": res.labelled,
-            **{f"cleaning/{k}": v for k, v in cleaning.items()},
+            **_table(settings, res.version),
+            **ui_metadata({"upstream": res.upstream.ref, "labelled": res.labelled,
+                           **{f"cleaning/{k}": v for k, v in cleaning.items()},
+                           "cleaning/excluded_samples": res.excluded_samples}),  # fmt: skip
+            **_executor(res.version),
         },
         data_version=dg.DataVersion(res.version.data_version),
         check_results=[check],

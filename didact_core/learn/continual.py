@@ -41,7 +41,7 @@ from didact_core.learn.champion import MODEL_ASSET, model_summary_rows, registry
 from didact_core.learn.evaluate_day import EvaluationOutcome, evaluate_day
 from didact_core.learn.evaluation import plot_error_hist, plot_latent, plot_losses
 from didact_core.learn.gate import GateResult, promotion_gate
-from didact_core.learn.models.config import model_config
+from didact_core.learn.models.config import FAMILIES, model_config
 from didact_core.learn.registry import CHAMPION, ModelRegistry, ModelVersionInfo, log_png
 from didact_core.learn.split import (
     EVAL_SAMPLES, check_day_features, earlier_days, extra_columns, load_days, load_split, model_features,
@@ -76,6 +76,8 @@ class TrainOutcome:
     excluded_by_review: int = 0
     #: training rows from accepted OOD events (each repeated ACCEPTED_WEIGHT times)
     added_from_review: int = 0
+    #: the run's plots as PNG bytes: latent, losses, error_hist (also logged to MLflow)
+    plots: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,7 +139,22 @@ def _drop_rejected(frame: pd.DataFrame, rejected: pd.DataFrame, settings: Settin
 
 def challenger_from(settings: Settings, champion, parent: int | None, features: tuple[str, ...]):
     """A copy of the champion with the configured training settings (continual learning),
-    or a fresh detector on the first day or with ``model_warm_start`` off."""
+    or a fresh detector on the first day or with ``model_warm_start`` off.
+
+    The family is never switched silently: a champion of another family than
+    ``model_family`` continues only when the setting names the champion's family."""
+    family = settings.model_family
+    if family not in FAMILIES:
+        raise DidactError(f"DIDACT_MODEL_FAMILY={family}", "is not a known model family",
+                          f"use one of: {', '.join(FAMILIES)}")  # fmt: skip
+    if champion is not None and settings.model_warm_start and champion.config.family != family:
+        raise DidactError(
+            f"DIDACT_MODEL_FAMILY={family}",
+            f"differs from the family of champion v{parent} of {settings.model_name} ({champion.config.family}); "
+            "continual training cannot change the family",
+            f"set DIDACT_MODEL_WARM_START=0 to start a new {family} lineage (gated against the champion), use a "
+            f"new DIDACT_MODEL_NAME for a separate {family} model, or set DIDACT_MODEL_FAMILY={champion.config.family}",
+        )
     if champion is None or not settings.model_warm_start:
         return Detector(model_config(settings, len(features)), features)
     if tuple(champion.feature_names) != features:
@@ -168,14 +185,14 @@ def train_day(
     logger = logger or log
     t0 = time.perf_counter()
     features = model_features(settings)
+    registry = ModelRegistry(settings)  # first: an unreachable registry fails before the data are read
     wh = Warehouse(settings.home_path, settings.retention_versions)
     queue = ReviewQueue(settings)
-    data = load_day_data(settings, wh, day, features, queue)
-    registry = ModelRegistry(settings)
     champion, parent = registry.load_alias(CHAMPION)
     challenger = challenger_from(settings, champion, parent, features)
+    data = load_day_data(settings, wh, day, features, queue)
     warm = champion is not None and settings.model_warm_start
-    mv, gate, mlflow_run_id = _train_and_register(
+    mv, gate, mlflow_run_id, plots = _train_and_register(
         settings, registry, day, data, challenger, champion, parent, warm, run_id, logger,
     )
     fit = challenger.fits_[-1]
@@ -186,13 +203,13 @@ def train_day(
         day=day, version=mv, parent_version=parent, mlflow_run_id=mlflow_run_id, gate=gate, promoted=promoted,
         champion_version=registry.alias(CHAMPION), n_train=len(data.today), n_replay=len(data.replay),
         seconds=time.perf_counter() - t0, data_versions=data.data_versions, fit=fit,
-        excluded_by_review=data.excluded, added_from_review=len(data.added),
+        excluded_by_review=data.excluded, added_from_review=len(data.added), plots=plots,
     )  # fmt: skip
 
 
 def _train_and_register(settings, registry, day, data: DayData, challenger, champion, parent, warm, run_id, logger):
     """In one MLflow run: fit the challenger, log it and its plots, register it, apply the
-    gate.  Returns (model version, gate result, MLflow run id)."""
+    gate.  Returns (model version, gate result, MLflow run id, plots)."""
     # lazy: mlflow takes seconds to import
     import mlflow
 
@@ -226,7 +243,7 @@ def _train_and_register(settings, registry, day, data: DayData, challenger, cham
         for k, v in challenger.fit_metrics_.items():
             if v is not None:
                 mlflow.log_metric(f"train_{k}", v)
-        centroids = _log_training_plots(challenger, data.holdout, features)
+        centroids, plots = _log_training_plots(challenger, data.holdout, features)
         mv = registry.log_and_register(
             challenger, data.today[features].head(64),
             tags={"day": day, "parent_version": parent or "", "data_version": data.data_versions[f"{AI_READY}/{day}"],
@@ -236,21 +253,25 @@ def _train_and_register(settings, registry, day, data: DayData, challenger, cham
                               settings.promotion_tolerance)  # fmt: skip
         mlflow.log_dict(gate.metadata(), "promotion_gate.json")
         mlflow.set_tags({"didact.model_version": str(mv.version), "didact.gate": "pass" if gate.passed else "fail"})
-        return mv, gate, run.info.run_id
+        return mv, gate, run.info.run_id, plots
 
 
-def _log_training_plots(challenger, holdout: pd.DataFrame, features: list[str]) -> dict[str, list[float]]:
+def _log_training_plots(challenger, holdout: pd.DataFrame, features: list[str]) -> tuple[dict, dict[str, bytes]]:
     """Latent scatter, loss curves and error histogram into the active run; returns the
-    latent centroid of each label in the held-out sample (a version tag)."""
+    latent centroid of each label in the held-out sample (a version tag) and the plots."""
     ev = holdout.head(PLOT_SAMPLES)
     z = challenger.embed(ev[features])
-    log_png(plot_latent(z, ev["label"].to_numpy() if "label" in ev else None), "latent.png")
-    log_png(plot_losses(challenger.fit_result_.history), "losses.png")
-    log_png(plot_error_hist(challenger.score_samples(holdout[features]), challenger.threshold_), "error_hist.png")
+    plots = {
+        "latent": plot_latent(z, ev["label"].to_numpy() if "label" in ev else None),
+        "losses": plot_losses(challenger.fit_result_.history),
+        "error_hist": plot_error_hist(challenger.score_samples(holdout[features]), challenger.threshold_),
+    }
+    for name, png in plots.items():
+        log_png(png, f"{name}.png")
     if "label" not in ev:
-        return {}
+        return {}, plots
     return {str(k): [round(float(c), 5) for c in g.mean(axis=0)]
-            for k, g in pd.DataFrame(z).groupby(ev["label"].to_numpy())}  # fmt: skip
+            for k, g in pd.DataFrame(z).groupby(ev["label"].to_numpy())}, plots  # fmt: skip
 
 
 def _record_outcome(wh, registry, day, mv, gate, parent, data_versions, run_id, mlflow_run_id) -> bool:

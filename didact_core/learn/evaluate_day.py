@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,8 @@ class EvaluationOutcome:
     #: {"challenger"|"champion": {set: {metric: value}}}
     metrics: dict
     mlflow_run_id: str
+    #: PNG bytes by name (``<who>_latent``, ``<who>_error_hist``), as logged to MLflow
+    plots: dict = field(default_factory=dict)
 
 
 def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> EvaluationOutcome:
@@ -100,7 +102,7 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
         mlflow_run_id = run.info.run_id
     wh.record("evaluate", EVAL_ASSET, partition=day, model_version=str(challenger_v), run_id=run_id,
               mlflow_run_id=mlflow_run_id, upstream={"parent_model_version": baseline_v, "champion": champion_v})  # fmt: skip
-    return EvaluationOutcome(day, champion_v, challenger_v, baseline_v, metrics, mlflow_run_id)
+    return EvaluationOutcome(day, champion_v, challenger_v, baseline_v, metrics, mlflow_run_id, plots)
 
 
 def _models_of_day(registry: ModelRegistry, day: str) -> tuple[int, int | None, dict]:

@@ -17,6 +17,10 @@ hook to close it, so a bare ``materialize`` (or any job without the hook) leaves
 RUNNING.  Here every MLflow run is a context manager around the work itself: it ends
 FINISHED, or FAILED on any exception, on every path (UI, CLI, backfill, sensor).
 
+A run records its process (host, pid, start) in tags; the next run ends the runs left
+RUNNING by a process that died (``learn.stale_runs``).  HTTP calls to a tracking server
+are bounded (:data:`MLFLOW_HTTP_LIMITS`): a dead server is a RegistryError in seconds.
+
 Models are logged as MLflow pyfunc models (with a signature, servable by
 ``mlflow models serve``) whose code is a file, not a pickle; didact itself loads only
 the detector's ``config.json`` + ``weights.pt`` (``torch.load(weights_only=True)``).
@@ -39,6 +43,8 @@ import pandas as pd
 from didact_core.config import Settings
 from didact_core.errors import RegistryError
 from didact_core.learn.detector import Detector
+from didact_core.learn.relocate import relocate_artifacts
+from didact_core.learn.stale_runs import end_stale_runs, process_tags, remember_unended
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,17 @@ CHALLENGER = "challenger"
 PREVIOUS = "previous_champion"
 EXPERIMENT = "didact"
 _PYFUNC_CODE = Path(__file__).resolve().parent / "mlflow_pyfunc.py"
+#: MLflow's HTTP defaults (7 retries, backoff ×2, 120 s timeout) make a dead tracking
+#: server cost minutes before anything says so; these bound it to about 20 s.  Set only
+#: where the environment does not (the one home of both numbers: training and serving)
+MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_FIX = "check DIDACT_MLFLOW_TRACKING_URI and that the tracking server is up"
+
+
+def bound_mlflow_http() -> None:
+    """Cap MLflow's HTTP retries and timeout (:data:`MLFLOW_HTTP_LIMITS`) unless set already."""
+    for k, v in MLFLOW_HTTP_LIMITS.items():
+        os.environ.setdefault(k, v)
 
 
 @dataclass(frozen=True)
@@ -71,7 +88,9 @@ class ModelRegistry:
         self.tracking_uri = settings.tracking_uri
         if self.tracking_uri.startswith("sqlite:///"):
             settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+            relocate_artifacts(settings)  # a moved or restored home: its artifact paths follow it
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        bound_mlflow_http()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -84,12 +103,9 @@ class ModelRegistry:
         try:
             return fn(*args, **kwargs)
         except MlflowException as e:
-            raise RegistryError(
-                f"MLflow at {self.tracking_uri}", f"{what} failed: {e.message[:300]}",
-                "check DIDACT_MLFLOW_TRACKING_URI and that the tracking server is up",
-            ) from None  # fmt: skip
+            raise RegistryError(f"MLflow at {self.tracking_uri}", f"{what} failed: {e.message[:300]}", _FIX) from None
         except OSError as e:
-            raise RegistryError(f"MLflow at {self.tracking_uri}", f"{what} failed: {e}") from None
+            raise RegistryError(f"MLflow at {self.tracking_uri}", f"{what} failed: {e}", _FIX) from None
 
     def _experiment(self) -> str:
         exp = self._call("looking up the experiment", self.client.get_experiment_by_name, EXPERIMENT)
@@ -101,13 +117,38 @@ class ModelRegistry:
     # -- runs ---------------------------------------------------------------------
     @contextlib.contextmanager
     def run(self, run_name: str, tags: dict | None = None):
-        """An MLflow run that always ends: FINISHED, or FAILED when the block raises."""
+        """An MLflow run that always ends: FINISHED, or FAILED when the block raises.
+
+        First ends the experiment's runs that a dead process left RUNNING; the run's own
+        tags record this process, so a later run can tell when it dies."""
         import mlflow  # lazy: mlflow takes seconds to import
 
         if mlflow.active_run() is not None:  # never nest into a stray run of the process
-            mlflow.end_run("FAILED")
-        with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags or {}) as run:
+            self._end(mlflow.active_run().info.run_id, "FAILED")
+        self._call("ending stale runs", end_stale_runs, self.client, self.experiment_id)
+        run = self._call("starting a run", mlflow.start_run, experiment_id=self.experiment_id, run_name=run_name,
+                         tags={**(tags or {}), **process_tags()})  # fmt: skip
+        try:
             yield run
+        except BaseException:
+            self._end(run.info.run_id, "FAILED")  # the block's error is the one to see
+            raise
+        if not self._end(run.info.run_id, "FINISHED"):
+            raise RegistryError(f"MLflow at {self.tracking_uri}",
+                                f"run {run.info.run_id} finished, but ending it failed", _FIX)  # fmt: skip
+
+    def _end(self, run_id: str, status: str) -> bool:
+        """End the active run; False (and the next run ends it) when the server cannot be reached."""
+        import mlflow  # lazy: mlflow takes seconds to import
+        from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
+
+        try:
+            mlflow.end_run(status)
+            return True
+        except (MlflowException, OSError) as e:
+            remember_unended(run_id)
+            log.warning("MLflow run %s: ending it %s failed (%s); the next run ends it", run_id, status, e)
+            return False
 
     def runs(self, status: str | None = None) -> list:
         """Runs of the didact experiment (for tests and ``didact status``)."""
@@ -121,8 +162,7 @@ class ModelRegistry:
         import mlflow  # lazy: mlflow takes seconds to import
         from mlflow.models import infer_signature  # lazy: mlflow takes seconds to import
 
-        with tempfile.TemporaryDirectory(prefix="didact-model-") as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about int columns and type hints
+        with tempfile.TemporaryDirectory(prefix="didact-model-") as tmp, _quiet_log_model():
             det_dir = detector.save(Path(tmp) / "detector")
             example = pd.DataFrame(example, columns=list(detector.feature_names)).head(64)
             signature = infer_signature(example, predict_frame(detector, example))
@@ -136,10 +176,11 @@ class ModelRegistry:
                 pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}", "pandas", "numpy"],
             )
         self._ensure_registered()
-        mv = self._call(
-            "registering the model", mlflow.register_model, info.model_uri, self.name,
-            tags={k: str(v) for k, v in (tags or {}).items()},
-        )  # fmt: skip
+        with _quiet_register_model():
+            mv = self._call(
+                "registering the model", mlflow.register_model, info.model_uri, self.name,
+                tags={k: str(v) for k, v in (tags or {}).items()},
+            )  # fmt: skip
         version = int(mv.version)
         self.set_alias(CHALLENGER, version)
         return self.version(version)
@@ -237,6 +278,49 @@ class ModelRegistry:
         if v is None:
             return None, None
         return self.load(v), v
+
+
+#: MLflow's warnings that say nothing to a didact user, each day again: the pyfunc code
+#: has no type hints and the model no input example on purpose (the signature is given)
+_LOG_MODEL_NOISE = (
+    "Add type hints to the `predict` method",
+    "An input example was not provided when logging the model",
+    "Hint: Inferred schema contains integer column",
+)
+
+
+@contextlib.contextmanager
+def _quiet_log_model():
+    """Drop exactly :data:`_LOG_MODEL_NOISE` while logging a model.  A filter would not do:
+    ``log_model`` resets the filters itself (``filter_user_warnings_once``), so the
+    warnings are dropped where they are shown; any other warning is shown as usual."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if not any(n in str(message) for n in _LOG_MODEL_NOISE):
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_register_model():
+    """``register_model`` prints "Registered model … already exists. Creating a new
+    version…" and "Created version …" to stderr (``eprint``, not a logger) every day: send
+    exactly those prints to this module's debug log while it runs."""
+    from mlflow.tracking._model_registry import fluent  # lazy: mlflow takes seconds to import
+
+    if not callable(getattr(fluent, "eprint", None)):
+        yield
+        return
+    original = fluent.eprint
+    fluent.eprint = lambda *args, **kwargs: log.debug(" ".join(str(a) for a in args))
+    try:
+        yield
+    finally:
+        fluent.eprint = original
 
 
 def predict_frame(detector, frame):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -51,6 +50,7 @@ import time
 import pandas as pd
 
 from didact_core.config import Settings
+from didact_core.learn.registry import bound_mlflow_http
 from didact_core.errors import DidactError, SourceUnavailableError
 from didact_core.ingest.live import LiveFeed, make_feed
 from didact_core.schema import NODE_FEATURES
@@ -280,8 +280,7 @@ def serve(
     """
     settings = settings or Settings.from_env()
     # a dead HTTP tracking server should cost a check seconds, not MLflow's minutes of retries
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    bound_mlflow_http()
     if feed is None or isinstance(feed, str):
         feed = make_feed(feed, settings)
     service = ServingService(
