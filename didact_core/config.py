@@ -51,6 +51,8 @@ from didact_core.errors import DidactError
 log = logging.getLogger(__name__)
 
 SOURCES = ("simulator", "prometheus")
+#: where a partition's node blocks run (didact_core.engine.EXECUTORS)
+EXECUTORS = ("local", "slurm")
 #: how the Prometheus source reads a day (``auto`` tries remote read, then the query API)
 PROMETHEUS_APIS = ("auto", "remote_read", "query")
 #: the fields that hold secrets (SecretStr; never shown, never in DidactResource)
@@ -59,6 +61,8 @@ ENV_PREFIX = "DIDACT_"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+#: Slurm's time forms (didact_core.engine.duration_s reads them); empty = the partition's limit
+_SLURM_TIME = re.compile(r"^((\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE|)$", re.IGNORECASE)
 
 
 # -- the one parser of each form ---------------------------------------------------------
@@ -144,24 +148,19 @@ _FORMS = {
 #: the least value of each number setting (None: unset, the source's default)
 _AT_LEAST = {
     **dict.fromkeys(("nodes", "cpus", "window", "max_train_samples", "drift_window_minutes"), 1),
-    **dict.fromkeys(("prometheus_concurrency", "prometheus_max_samples_per_query"), 1),
-    **dict.fromkeys(
-        ("prometheus_retries", "drift_min_samples", "drift_cooldown_hours", "drift_threshold"), 0
-    ),
-    **dict.fromkeys(("replay_fraction", "promotion_tolerance"), 0),
+    **dict.fromkeys(("prometheus_concurrency", "prometheus_max_samples_per_query", "slurm_cpus_per_task"), 1),
+    **dict.fromkeys(("prometheus_retries", "drift_min_samples", "drift_cooldown_hours", "drift_threshold"), 0),
+    **dict.fromkeys(("replay_fraction", "promotion_tolerance", "slurm_gpus", "slurm_max_parallel"), 0),
 }
+_POSITIVE = ("interval_s", "redfish_timeout_s", "prometheus_timeout_s", "slurm_wait_timeout_s",
+             "slurm_command_timeout_s")  # fmt: skip
 _PROBLEMS = {"model_hidden": "is not a comma list of positive layer widths"}
 _TYPE_PROBLEMS = {
-    "int_parsing": "is not a whole number",
-    "int_from_float": "is not a whole number",
-    "int_type": "is not a whole number",
-    "float_parsing": "is not a number",
-    "float_type": "is not a number",
-    "finite_number": "is not a finite number",
-    "string_type": "is not text",
-    "bool_parsing": "is not a boolean",
-    "extra_forbidden": "is not a setting",
-}
+    **dict.fromkeys(("int_parsing", "int_from_float", "int_type"), "is not a whole number"),
+    **dict.fromkeys(("float_parsing", "float_type"), "is not a number"),
+    "finite_number": "is not a finite number", "string_type": "is not text",
+    "bool_parsing": "is not a boolean", "extra_forbidden": "is not a setting",
+}  # fmt: skip
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -226,11 +225,7 @@ def _expected(field: str) -> str:
         return ""
     types = set(get_args(info.annotation)) or {info.annotation}
     kind = "a value"
-    for typ, text in (
-        (float, "a number"),
-        (int, "a whole number"),
-        (bool, "1/0, true/false, yes/no or on/off"),
-    ):
+    for typ, text in ((float, "a number"), (int, "a whole number"), (bool, "1/0, true/false, yes/no or on/off")):
         if typ in types:
             kind = text
     return kind
@@ -329,6 +324,19 @@ class Settings(BaseModel):
     drift_window_minutes: int = _doc(60, "the OOD rate is taken over this many minutes")
     drift_min_samples: int = _doc(1000, "fewer scored samples in the window is not drift")
     drift_cooldown_hours: float = _doc(6.0, "at most one drift retrain per this many hours")
+    # where a partition's node blocks run: local processes, or one Slurm job array per partition
+    executor: str = _doc("local", "local or slurm (one job array per partition, parts in a shared home)")
+    slurm_conf: PathStr = _doc("", "the cluster's slurm.conf (SLURM_CONF); empty = Slurm's default")
+    slurm_partition: str = _doc("", "Slurm partition; empty = the cluster's default")
+    slurm_account: str = _doc("", "Slurm account (--account); empty = the user's default")
+    slurm_qos: str = _doc("", "Slurm QOS (--qos); empty = the default")
+    slurm_time_limit: str = _doc("1:00:00", "per task, Slurm's form: MM, HH:MM:SS or D-HH:MM:SS")
+    slurm_mem: str = _doc("", "memory per task, Slurm's form (4G); empty = the partition's default")
+    slurm_gpus: int = _doc(0, "GPUs for training jobs (--gres=gpu:N); 0 = the CPU path")
+    slurm_cpus_per_task: int = 1
+    slurm_max_parallel: int = _doc(0, "array tasks running at once (%N); 0 = no limit")
+    slurm_wait_timeout_s: float = _doc(3600.0, "a step gives up on (and cancels) its Slurm job after this")
+    slurm_command_timeout_s: float = _doc(30.0, "an sbatch/scontrol call that does not answer in this fails")
 
     def __init__(self, **data: Any):
         try:
@@ -379,11 +387,9 @@ class Settings(BaseModel):
                 values["prometheus_bearer_token"] = Path(token_file).expanduser().read_text().strip()
             except OSError as e:
                 issues.append(Issue(
-                    "prometheus_bearer_token",
-                    f"DIDACT_PROMETHEUS_BEARER_TOKEN_FILE={token_file}",
+                    "prometheus_bearer_token", f"DIDACT_PROMETHEUS_BEARER_TOKEN_FILE={token_file}",
                     f"cannot be read ({e.strerror or e})",
-                    "point DIDACT_PROMETHEUS_BEARER_TOKEN_FILE at a readable file holding the token",
-                ))  # fmt: skip
+                    "point DIDACT_PROMETHEUS_BEARER_TOKEN_FILE at a readable file holding the token"))  # fmt: skip
         values.update({k: v for k, v in overrides.items() if v is not None})
         # each pass drops the bad values and tries again, so the problems of the good
         # values (ranges, choices) are found in the same read
@@ -425,21 +431,16 @@ class Settings(BaseModel):
             out.append(Issue(field, what, problem, _fix(field, expected)))
 
         for name, allowed, noun in (
-            ("source", SOURCES, "telemetry source"),
-            ("prometheus_api", PROMETHEUS_APIS, "API"),
-        ):
+            ("source", SOURCES, "telemetry source"), ("prometheus_api", PROMETHEUS_APIS, "API"),
+            ("executor", EXECUTORS, "executor"),
+        ):  # fmt: skip
             if getattr(self, name) not in allowed:
-                bad(
-                    name,
-                    f"is not a known {noun}",
-                    f"one of {', '.join(allowed)}",
-                    f"{name} {getattr(self, name)!r}",
-                )
+                bad(name, f"is not a known {noun}", f"one of {', '.join(allowed)}", f"{name} {getattr(self, name)!r}")
         for name, low in _AT_LEAST.items():
             v = getattr(self, name)
             if v is not None and not v >= low:
                 bad(name, f"must be at least {low}", f"{low} or more")
-        for name in ("interval_s", "redfish_timeout_s", "prometheus_timeout_s"):
+        for name in _POSITIVE:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 bad(name, "must be a positive number of seconds", "seconds, e.g. 5")
@@ -451,6 +452,8 @@ class Settings(BaseModel):
             dt.date.fromisoformat(self.start_date)
         except ValueError:
             bad("start_date", "is not a date", "YYYY-MM-DD", what=f"start_date={self.start_date!r}")
+        if not _SLURM_TIME.match(self.slurm_time_limit.strip()):
+            bad("slurm_time_limit", "is not a Slurm time", "MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] or UNLIMITED")
         if not _HHMM.match(self.nightly_at):
             bad("nightly_at", "is not a time of day", "HH:MM (UTC), e.g. 02:30")
         if any(h < 1 for h in self.model_hidden):
@@ -463,8 +466,7 @@ class Settings(BaseModel):
     @property
     def nightly_hour_minute(self) -> tuple[int, int]:
         """``nightly_at`` as (hour, minute); ValueError when it is not HH:MM."""
-        m = _HHMM.match(self.nightly_at)
-        if not m:
+        if not (m := _HHMM.match(self.nightly_at)):
             raise ValueError(f"nightly_at={self.nightly_at!r} is not HH:MM")
         return int(m.group(1)), int(m.group(2))
 

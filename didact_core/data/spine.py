@@ -6,6 +6,7 @@ Dagster assets call these (a few lines each); the CLI and the benchmarks call th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import multiprocessing
 import time
@@ -17,14 +18,22 @@ import pandas as pd
 
 from didact_core.config import Settings
 from didact_core.errors import DataQualityError, DidactError
-from didact_core.data.preprocess import CleaningReport, check_features, feature_columns, preprocess
-from didact_core.data.labels import attach_intervals, excluded_mask, read_labels, split_exclude
-from didact_core.schema import EXCLUDE, NO_LABEL, NODE_FEATURES, validate_raw_cpu
+from didact_core.data.blocks import (
+    RAW_TABLES,
+    BlockRun,
+    fetch_and_write,
+    make_source,
+    plan_item_json,
+    preprocess_part,
+    report_of,
+    run_blocks,
+    write_block,
+)
+from didact_core.data.preprocess import CleaningReport, check_features, feature_columns
+from didact_core.data.labels import read_labels
+from didact_core.schema import EXCLUDE, NODE_FEATURES
 from didact_core.ingest.base import TelemetrySource
-from didact_core.ingest.prometheus.source import PrometheusSource
-from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.versioning import code_version
-from didact_core.data.parts import read_part, write_part
 from didact_core.data.warehouse import VersionInfo, Warehouse
 
 log = logging.getLogger(__name__)
@@ -34,8 +43,10 @@ AI_READY = "ai_ready_metrics"
 LABELS = "job_labels"
 
 #: code versions of the data-spine assets
-RAW_CODE_VERSION = code_version("ingest", "schema", "data/parts", "data/warehouse", "data/spine")
-AI_READY_CODE_VERSION = code_version("data/preprocess", "schema", "data/parts", "data/warehouse", "data/spine")
+RAW_CODE_VERSION = code_version("ingest", "schema", "data/parts", "data/warehouse", "data/spine", "data/blocks")
+AI_READY_CODE_VERSION = code_version(
+    "data/preprocess", "data/rolling", "schema", "data/parts", "data/warehouse", "data/spine", "data/blocks"
+)
 LABELS_CODE_VERSION = code_version("data/labels", "data/parts", "data/warehouse", "data/spine")
 
 
@@ -61,15 +72,6 @@ def check_partition(settings: Settings, partition: str, today: dt.date | None = 
     return day
 
 
-def make_source(settings: Settings) -> TelemetrySource:
-    """The configured telemetry source."""
-    if settings.source == "simulator":
-        return SimulatedCluster.from_settings(settings)
-    if settings.source == "prometheus":
-        return PrometheusSource.from_env(settings=settings)
-    raise DidactError(f"source {settings.source!r}", "is not a known telemetry source", "use simulator or prometheus")
-
-
 @dataclass
 class IngestResult:
     version: VersionInfo
@@ -80,28 +82,35 @@ class IngestResult:
     meta: dict = field(default_factory=dict)
 
 
-RAW_TABLES = ("cpu", "power", "labels", "faults", "node_metrics")
-
-
 def _pool(workers: int):
     # spawn, not fork: the parent may hold threads (Dagster, torch) that fork would copy mid-lock
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _fetch_and_write(source: TelemetrySource, day: dt.date, item, paths: dict[str, Path]) -> dict:
-    """Worker: fetch one block and write its tables' parts."""
-    return _write_block(source.fetch_block(day, item), paths)
+def _raw_pool(source, day, plan, workers, w, counters, collect) -> None:
+    """The plan's blocks in worker processes; part i of every table comes from block i."""
+    with _pool(workers) as ex:
+        futures = [
+            ex.submit(fetch_and_write, source, day, item, {t: w.part_path(t, i) for t in RAW_TABLES})
+            for i, item in enumerate(plan)
+        ]
+        for i, f in enumerate(futures):
+            res = f.result()
+            for t in RAW_TABLES:  # a table the block did not have must not leave a hole
+                if t in res["parts"] and counters[t] != i:
+                    w.part_path(t, i).rename(w.part_path(t, counters[t]))
+            collect(res)
 
 
-def _write_block(block, paths: dict[str, Path]) -> dict:
-    block.cpu = validate_raw_cpu(block.cpu, "raw CPU samples from the source")
-    parts = {}
-    for name in RAW_TABLES:
-        df = getattr(block, name)
-        if df is not None and len(df):
-            parts[name] = write_part(paths[name], df)
-    nodes = [str(n) for n in pd.unique(block.cpu["node"])] if len(block.cpu) else []
-    return {"parts": parts, "nodes": nodes, "missing": list(block.missing_nodes), "meta": block.meta}
+def _raw_job(settings: Settings, partition: str, plan, w, counters, collect, logger) -> BlockRun:
+    """The plan's blocks as one job array (``DIDACT_EXECUTOR=slurm``), linked in block order."""
+    blocks = [{"item": plan_item_json(item)} for item in plan]
+    job = run_blocks(settings, RAW, partition, RAW_CODE_VERSION, "raw", blocks, {}, logger)
+    for i, res in enumerate(job.results):
+        for t in res["parts"]:
+            job.link(i, t, w.part_path(t, counters[t]))
+        collect(res)
+    return job
 
 
 def ingest_raw(
@@ -115,9 +124,11 @@ def ingest_raw(
     """Save one day of raw samples as a new version of ``raw_node_metrics/<day>``.
 
     Sources whose blocks can be fetched independently (the simulator) are fetched and
-    written by ``settings.workers`` processes in parallel.
+    written by ``settings.workers`` processes in parallel, or, with ``DIDACT_EXECUTOR=slurm``
+    and the source the settings name, as one Slurm job array (``data.blocks``).
     """
     logger = logger or log
+    on_executor = settings.executor != "local" and source is None
     source = source or make_source(settings)
     wh = Warehouse(settings.home_path, settings.retention_versions)
     t0 = time.perf_counter()
@@ -126,12 +137,9 @@ def ingest_raw(
     seen: list[str] = []
     missing: list[str] = []
     data_faults: dict = {}
-    rows = 0
+    rows, job = 0, None
     with wh.writer(RAW, partition) as w:
         counters = {t: 0 for t in RAW_TABLES}
-
-        def paths() -> dict[str, Path]:
-            return {t: w.part_path(t, counters[t]) for t in RAW_TABLES}
 
         def collect(res: dict) -> None:
             nonlocal rows
@@ -147,21 +155,13 @@ def ingest_raw(
 
         plan = source.plan_blocks(day, nodes_per_block)
         workers = min(settings.worker_count, len(plan or []))
-        if plan and workers > 1:
-            # part i of every table comes from block i: give each block its own part numbers
-            with _pool(workers) as ex:
-                futures = []
-                for i, item in enumerate(plan):
-                    futures.append(ex.submit(_fetch_and_write, source, day, item, {t: w.part_path(t, i) for t in RAW_TABLES}))
-                for i, f in enumerate(futures):
-                    res = f.result()
-                    for t in RAW_TABLES:  # a table the block did not have must not leave a hole
-                        if t in res["parts"] and counters[t] != i:
-                            w.part_path(t, i).rename(w.part_path(t, counters[t]))
-                    collect(res)
+        if plan and on_executor:
+            job = _raw_job(settings, partition, plan, w, counters, collect, logger)
+        elif plan and workers > 1:
+            _raw_pool(source, day, plan, workers, w, counters, collect)
         else:
             for block in source.iter_blocks(day, nodes_per_block):
-                collect(_write_block(block, paths()))
+                collect(write_block(block, {t: w.part_path(t, counters[t]) for t in RAW_TABLES}))
         if rows == 0:
             raise DataQualityError(
                 f"{source.name} for {partition}",
@@ -177,8 +177,23 @@ def ingest_raw(
         }
         if data_faults:
             meta["injected_data_faults"] = data_faults
+        if job is not None:
+            meta["executor"] = job.meta
         version = w.commit(code_version=RAW_CODE_VERSION, run_id=run_id, metadata=meta)
+    _published(wh, version, job)
     return IngestResult(version, len(seen), rows, sorted(set(missing)), time.perf_counter() - t0, meta)
+
+
+def _published(wh: Warehouse, version: VersionInfo, job: BlockRun | None) -> None:
+    """After a publish through an executor: a lineage row naming the job, staging removed."""
+    if job is None:
+        return
+    m = job.meta
+    summary = {k: m.get(k) for k in ("executor", "job_id", "states", "nodes", "elapsed_s", "blocks", "blocks_reused",
+                                     "log_dir")}  # fmt: skip
+    wh.record("executed", version.asset, partition=version.partition, version=f"v{version.version}",
+              data_version=version.data_version, run_id=version.run_id, reason=json.dumps(summary))  # fmt: skip
+    job.clear()
 
 
 @dataclass
@@ -196,31 +211,6 @@ class AiReadyResult:
     def passed(self) -> bool:
         """Whether the partition meets the quality bar (unusable fraction at most the max)."""
         return self.report.unusable_fraction <= self.max_unusable_fraction
-
-
-def _preprocess_part(
-    src: Path, dst: Path, features, labels, faults, node_src: list[Path] | None = None, window: int = 1
-) -> tuple[int, str, CleaningReport, int]:
-    """Worker: one raw part (+ its node-level metrics) → one AI-ready part, and how many
-    samples an ``exclude`` label left out of it."""
-    raw = read_part(src)
-    node_metrics = None
-    if node_src:
-        nodes = set(raw["node"].astype(str).unique())
-        frames = [read_part(p) for p in node_src]
-        node_metrics = pd.concat([f[f["node"].astype(str).isin(nodes)] for f in frames], ignore_index=True)
-    samples, rep = preprocess(raw, features, interval_s=None, node_metrics=node_metrics, window=window)
-    jobs, exclude = split_exclude(labels)
-    # windows are built before: a sample after an excluded stretch keeps its real context
-    drop = excluded_mask(samples, exclude)
-    if drop.any():
-        samples = samples[~drop].reset_index(drop=True)
-    if jobs is not None:
-        samples["label"] = attach_intervals(samples, jobs, "label", default=NO_LABEL)
-    if faults is not None:
-        samples["fault"] = attach_intervals(samples, faults, "fault", default="")
-    rows, digest = write_part(dst, samples)
-    return rows, digest, rep, int(drop.sum())
 
 
 def build_ai_ready(
@@ -257,26 +247,33 @@ def build_ai_ready(
         nm = wh.part_paths(RAW, partition, "node_metrics", raw.version)
         # parts are written block by block: part i of both tables holds the same nodes
         node_src = [[nm[i]] for i in range(len(src))] if len(nm) == len(src) else [nm] * len(src)
+    upstream = {RAW: raw.ref}
+    if label_ref:
+        upstream[LABELS] = label_ref
+    job = None
     with wh.writer(AI_READY, partition) as w:
         jobs = [
             (p, w.part_path("samples", i), features, labels, faults, node_src[i], settings.window)
             for i, p in enumerate(src)
         ]
         workers = min(settings.worker_count, len(jobs))
-        if workers > 1:
+        if settings.executor != "local":
+            job = _ai_ready_job(settings, partition, jobs, upstream, logger)
+            results = [(r["parts"]["samples"][0], r["parts"]["samples"][1], report_of(r), r["excluded"])
+                       for r in job.results]  # fmt: skip
+            for i, j in enumerate(jobs):
+                job.link(i, "samples", j[1])
+        elif workers > 1:
             with _pool(workers) as ex:
-                results = ex.map(_preprocess_part, *zip(*jobs))
+                results = ex.map(preprocess_part, *zip(*jobs))
                 results = list(_progress(results, report, logger, partition, len(jobs)))
         else:
-            results = list(_progress(map(lambda j: _preprocess_part(*j), jobs), report, logger, partition, len(jobs)))
+            results = list(_progress(map(lambda j: preprocess_part(*j), jobs), report, logger, partition, len(jobs)))
         excluded = 0
         for rows, digest, rep, n_excluded in results:
             w.add_part("samples", rows, digest)
             report = report + rep
             excluded += n_excluded
-        upstream = {RAW: raw.ref}
-        if label_ref:
-            upstream[LABELS] = label_ref
         meta = {
             "features": list(feature_columns(features, settings.window)),
             "window": settings.window,
@@ -286,10 +283,22 @@ def build_ai_ready(
             "max_unusable_fraction": settings.max_unusable_fraction,
             "labelled": labels is not None,
         }
+        if job is not None:
+            meta["executor"] = job.meta
         version = w.commit(code_version=AI_READY_CODE_VERSION, upstream=upstream, run_id=run_id, metadata=meta)
+    _published(wh, version, job)
     return AiReadyResult(
         version, report, raw, labels is not None, time.perf_counter() - t0, settings.max_unusable_fraction, excluded
     )
+
+
+def _ai_ready_job(settings: Settings, partition: str, jobs: list[tuple], upstream: dict, logger) -> BlockRun:
+    """One job array, a task per raw part (``DIDACT_EXECUTOR=slurm``); the labels and
+    faults travel as Parquet files in the staging folder."""
+    blocks = [{"src": str(j[0]), "node_src": [str(p) for p in j[5]] if j[5] else None} for j in jobs]
+    files = {"labels": jobs[0][3], "faults": jobs[0][4]} if jobs else {}
+    return run_blocks(settings, AI_READY, partition, AI_READY_CODE_VERSION, "ai_ready", blocks,
+                      {"upstream": upstream}, logger, files=files)  # fmt: skip
 
 
 def _progress(results, report, logger, partition, total):

@@ -1,7 +1,7 @@
 """Choose an executor by name: ``local`` (the default) or ``slurm``.
 
-The settings fields the pipeline will read for this (``DIDACT_*`` variables, not yet in
-:mod:`didact_core.config`): ``executor`` (``local``/``slurm``), ``slurm_conf``,
+The settings that choose and size it (:mod:`didact_core.config`; the pipeline builds one
+with ``didact_core.data.blocks.executor_for(settings)``): ``executor`` (``local``/``slurm``), ``slurm_conf``,
 ``slurm_partition``, ``slurm_account``, ``slurm_qos``, ``slurm_time_limit``, ``slurm_mem``,
 ``slurm_gpus`` (training only), ``slurm_cpus_per_task``, ``slurm_max_parallel``,
 ``slurm_wait_timeout_s`` and ``slurm_command_timeout_s``; ``workers`` sizes the local one.
