@@ -1,6 +1,6 @@
 # didact — one command to run, one to test. Everything else is a convenience.
 #   make demo   venv + packages, then the nightly job for the last 3 days (simulated cluster)
-#   make test   venv + packages + system services' packages, then the whole test suite
+#   make test   venv + packages + system services' packages, the model gate (quick), then the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -13,7 +13,7 @@ DIDACT := $(VENV)/bin/didact
 export DIDACT_HOME ?= $(CURDIR)/.didact
 export DAGSTER_HOME ?= $(DIDACT_HOME)/dagster
 
-.PHONY: venv system-deps demo test test-fast ui mlflow-ui bench clean
+.PHONY: venv system-deps demo test test-fast ci-gate ui mlflow-ui bench clean
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,12 @@ system-deps:
 demo: venv
 	$(DIDACT) demo
 
-test: venv system-deps
+test: venv system-deps ci-gate
 	$(PY) -m pytest -q
+
+# a change that makes the model worse fails here (ci/reference.json, ci/thresholds.toml; docs/ci.md)
+ci-gate: venv
+	$(DIDACT) ci gate --profile quick --report $(CURDIR)/.ci/.state/ci-report
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
