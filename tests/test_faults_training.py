@@ -24,7 +24,7 @@ from didact_assets.instance import ensure_instance
 from didact_core.data import spine
 from didact_core.errors import DidactError, RegistryError
 from didact_core.learn import continual
-from didact_core.learn.registry import CHAMPION, MLFLOW_HTTP_LIMITS, ModelRegistry
+from didact_core.learn.registry import CHAMPION, ModelRegistry
 from didact_core.learn.stale_runs import REASON_TAG, process_gone, process_identity
 
 from .conftest import REPO
@@ -187,7 +187,7 @@ def closed_port() -> int:
 
 
 def test_a_dead_tracking_server_is_a_clear_error_within_seconds(tsettings, monkeypatch):
-    for k in MLFLOW_HTTP_LIMITS:  # training's own bounds, whatever the environment had
+    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # training's own bounds
         monkeypatch.setenv(k, "")
         monkeypatch.delenv(k)
     uri = f"http://127.0.0.1:{closed_port()}"

@@ -19,7 +19,7 @@ FINISHED, or FAILED on any exception, on every path (UI, CLI, backfill, sensor).
 
 A run records its process (host, pid, start) in tags; the next run ends the runs left
 RUNNING by a process that died (``learn.stale_runs``).  HTTP calls to a tracking server
-are bounded (:data:`MLFLOW_HTTP_LIMITS`): a dead server is a RegistryError in seconds.
+are bounded (:func:`bound_mlflow_http`): a dead server is a RegistryError in seconds.
 
 Models are logged as MLflow pyfunc models (with a signature, servable by
 ``mlflow models serve``) whose code is a file, not a pickle; didact itself loads only
@@ -56,14 +56,14 @@ _PYFUNC_CODE = Path(__file__).resolve().parent / "mlflow_pyfunc.py"
 #: MLflow's HTTP defaults (7 retries, backoff ×2, 120 s timeout) make a dead tracking
 #: server cost minutes before anything says so; these bound it to about 20 s.  Set only
 #: where the environment does not (the one home of both numbers: training and serving)
-MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MLFLOW_HTTP_RETRIES, MLFLOW_HTTP_TIMEOUT_S = "1", "10"
 _FIX = "check DIDACT_MLFLOW_TRACKING_URI and that the tracking server is up"
 
 
 def bound_mlflow_http() -> None:
-    """Cap MLflow's HTTP retries and timeout (:data:`MLFLOW_HTTP_LIMITS`) unless set already."""
-    for k, v in MLFLOW_HTTP_LIMITS.items():
-        os.environ.setdefault(k, v)
+    """Cap MLflow's HTTP retries and timeout unless the environment sets them already."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", MLFLOW_HTTP_RETRIES)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", MLFLOW_HTTP_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
