@@ -101,11 +101,13 @@ def _step_progress(rep, task: int, entry, failures: list[str]) -> None:
     if ev is None or not ev.step_key:
         return
     kind = ev.event_type_value
+    # the column-schema checks run as one step with a generated name
+    step = "column schema checks" if ev.step_key.startswith("asset_check_") else ev.step_key
     if kind == "STEP_START":
-        rep.update(task, note=f"running {ev.step_key}", line=False)
+        rep.update(task, note=f"running {step}", line=False)
     elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
         outcome = {"STEP_SUCCESS": "done", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped"}[kind]
-        rep.update(task, advance=1, note=f"{ev.step_key} {outcome}")
+        rep.update(task, advance=1, note=f"{step} {outcome}")
     if kind == "STEP_FAILURE":
         error = getattr(ev.event_specific_data, "error", None)
         failures.append(f"{getattr(error, 'cls_name', '')}: {getattr(error, 'message', '')}")

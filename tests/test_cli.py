@@ -133,6 +133,6 @@ def test_demo_off_a_terminal_reports_each_asset_of_each_day_in_plain_lines(didac
     assert "\x1b" not in r.stdout
     lines = r.stdout.splitlines()
     for asset in ("raw_node_metrics", "job_labels", "ai_ready_metrics"):
-        assert sum(re.fullmatch(rf"data_spine \d{{4}}-\d\d-\d\d: [123]/3 {asset} done", ln) is not None
+        assert sum(re.fullmatch(rf"data_spine \d{{4}}-\d\d-\d\d: \d/\d {asset} done", ln) is not None
                    for ln in lines) == 2, r.stdout  # fmt: skip
     assert [ln for ln in lines if ln.startswith("data_spine: days: ")][-1].startswith("data_spine: days: 2/2 ")
