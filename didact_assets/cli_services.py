@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-from didact_assets import cli_args as args_
 from didact_assets.cli_output import console, reporter, table
 from didact_core.config import Settings
 from didact_core.procs import stop_on_signals, supervise

@@ -9,8 +9,6 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 

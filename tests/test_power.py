@@ -131,7 +131,8 @@ def test_rapl_not_available_without_powercap(tmp_path):
 
 def test_prometheus_rapl_counters_become_watts():
     """node exporter's node_rapl_*_joules_total → watts, wraps fixed only with a known range."""
-    from didact_core.ingest.prometheus.source import PrometheusSource, Series
+    from didact_core.ingest.prometheus import PrometheusSource
+    from didact_core.ingest.prometheus.wire import Series
 
     src = PrometheusSource("http://127.0.0.1:9")  # never contacted
     ts = np.arange(0, 5000, 1000, dtype=np.int64)

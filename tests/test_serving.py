@@ -428,7 +428,7 @@ def test_prometheus_live_feed_reads_node_exporter(served, trained):
     )  # scrape time, not query time
 
     # node-level metrics of the same scrape, as the nightly ingest reads them
-    from didact_core.ingest.prometheus.source import NODE_METRICS
+    from didact_core.ingest.node_exporter import NODE_METRICS
 
     def poll_both():
         cpu = feed.poll(node_metrics=True)

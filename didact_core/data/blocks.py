@@ -41,7 +41,7 @@ from didact_core.data.preprocess import CleaningReport, check_features, preproce
 from didact_core.engine import TASK_INDEX_ENV, Executor, JobRequest, Resources, make_executor, submitted
 from didact_core.errors import DidactError
 from didact_core.ingest.base import TelemetrySource
-from didact_core.ingest.prometheus.source import PrometheusSource
+from didact_core.ingest.prometheus import PrometheusSource
 from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.schema import NO_LABEL, validate_raw_cpu
 

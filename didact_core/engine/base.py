@@ -259,6 +259,20 @@ def wait_for(
         time.sleep(poll_s)
 
 
+
+class PollingExecutor:
+    """``wait`` for backends that answer ``poll``: polls every ``poll_s`` seconds."""
+
+    poll_s: float = 1.0
+
+    def wait(
+        self,
+        handle: JobHandle,
+        timeout_s: float | None = None,
+        on_change: Callable[[JobResult], None] | None = None,
+    ) -> JobResult:
+        return wait_for(self, handle, timeout_s, self.poll_s, on_change)
+
 @contextlib.contextmanager
 def submitted(executor: Executor, request: JobRequest) -> Iterator[JobHandle]:
     """Submit ``request``; cancel the job if the block exits by any exception.

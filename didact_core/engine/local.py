@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 from didact_core.engine.base import (
@@ -30,9 +29,9 @@ from didact_core.engine.base import (
     JobHandle,
     JobRequest,
     JobResult,
+    PollingExecutor,
     TaskResult,
     duration_s,
-    wait_for,
 )
 from didact_core.errors import DidactError
 
@@ -151,7 +150,7 @@ class _LocalJob:
                   signal=-rc if rc is not None and rc < 0 else None)  # fmt: skip
 
 
-class LocalExecutor:
+class LocalExecutor(PollingExecutor):
     """Run a job's tasks as processes on this machine (``DIDACT_EXECUTOR=local``, the default)."""
 
     name = "local"
@@ -188,10 +187,3 @@ class LocalExecutor:
         job.cancelled.set()
         job.thread.join(KILL_WAIT_S + 10)
 
-    def wait(
-        self,
-        handle: JobHandle,
-        timeout_s: float | None = None,
-        on_change: Callable[[JobResult], None] | None = None,
-    ) -> JobResult:
-        return wait_for(self, handle, timeout_s, self.poll_s, on_change)

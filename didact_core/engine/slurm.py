@@ -39,7 +39,7 @@ import os
 import shlex
 import subprocess
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from didact_core.engine.base import (
@@ -48,8 +48,8 @@ from didact_core.engine.base import (
     JobHandle,
     JobRequest,
     JobResult,
+    PollingExecutor,
     TaskResult,
-    wait_for,
 )
 from didact_core.engine.slurm_records import (
     array_spec,
@@ -98,7 +98,7 @@ def sbatch_argv(request: JobRequest, script: Path) -> list[str]:
     return argv
 
 
-class SlurmExecutor:
+class SlurmExecutor(PollingExecutor):
     """Submit, poll, wait for and cancel Slurm jobs (``DIDACT_EXECUTOR=slurm``).
 
     ``conf`` is the ``slurm.conf`` to use (``SLURM_CONF`` for the commands; unset: Slurm's
@@ -222,14 +222,6 @@ class SlurmExecutor:
     def cancel(self, handle: JobHandle) -> None:
         """``scancel`` the job (every task of an array); finished tasks keep their state."""
         self.run(["scancel", handle.job_id])
-
-    def wait(
-        self,
-        handle: JobHandle,
-        timeout_s: float | None = None,
-        on_change: Callable[[JobResult], None] | None = None,
-    ) -> JobResult:
-        return wait_for(self, handle, timeout_s, self.poll_s, on_change)
 
     def node_states(self) -> dict[str, str]:
         """Every node's state word (``IDLE``, ``MIXED``, ``DRAINED`` …), for health checks."""

@@ -8,7 +8,8 @@ Every reader is a :class:`PowerReader`: ``available() -> (ok, reason)`` and
 ``didact_core.power.partition`` stores a day's profiles in the warehouse.
 """
 
-from didact_core.power.base import Poller, PowerReader, SamplingPowerReader, counter_to_watts, empty_power, poll, power_frame
+from didact_core.ingest.counters import counter_to_watts
+from didact_core.power.base import Poller, PowerReader, SamplingPowerReader, empty_power, poll, power_frame
 from didact_core.power.nvml import NvmlReader
 from didact_core.power.profiles import PowerProfiles, power_profiles, profile_plot
 from didact_core.power.prometheus_power import PrometheusPowerReader

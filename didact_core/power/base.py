@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from didact_core.ingest.counters import DEFAULT_MAX_WATTS, counter_to_watts  # noqa: F401 (re-exported)
 from didact_core.schema import RAW_POWER_COLUMNS, TS_DTYPE
 
 log = logging.getLogger(__name__)

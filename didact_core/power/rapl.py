@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from didact_core.errors import SourceUnavailableError
-from didact_core.power.base import DEFAULT_MAX_WATTS, SamplingPowerReader, counter_to_watts
+from didact_core.ingest.counters import DEFAULT_MAX_WATTS, counter_to_watts
+from didact_core.power.base import SamplingPowerReader
 
 log = logging.getLogger(__name__)
 

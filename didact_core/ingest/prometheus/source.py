@@ -54,8 +54,6 @@ from didact_core.ingest.prometheus.power import power_frame, power_matchers, rea
 from didact_core.ingest.prometheus.wire import Series, regex_union, selector
 from didact_core.schema import CPU_MODES
 
-# tests/test_serving.py still takes NODE_METRICS from here (its home: didact_core.ingest.node_exporter)
-from didact_core.ingest.node_exporter import NODE_METRICS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
