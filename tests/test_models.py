@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from didact_core.errors import DidactError, RegistryError
 from didact_core.learn.evaluation import knn_accuracy, roc_auc
