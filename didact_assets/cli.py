@@ -15,7 +15,7 @@ from pathlib import Path
 
 from didact_assets import cli_args as args_
 from didact_assets import cli_services as services
-from didact_assets import cli_ci, cli_storage
+from didact_assets import cli_act, cli_ci, cli_storage
 from didact_assets.cli_args import last_days
 from didact_assets.cli_output import console, reporter, table
 from didact_assets.cli_testbed_eval import add_evaluate_arguments
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_storage.add_parsers(sub)
     _add_data_parsers(sub)
     cli_ci.add_parsers(sub)
+    cli_act.add_parsers(sub)
 
     # lazy: serving imports torch (seconds); only the parser needs its options here
     from didact_core.serve.cli import add_serve_arguments

@@ -28,6 +28,7 @@ ALLOWED = {
     "power": {"ground", "ingest", "data"},
     "serve": {"ground", "ingest", "data", "learn", "power"},
     "testbed": {"ground", "ingest", "data", "learn", "power"},
+    "act": {"ground", "ingest", "data", "learn", "power"},
 }
 #: third-party libraries that may be imported inside a function (start-up time), with a reason
 LAZY_OK = {"torch", "mlflow", "sklearn", "matplotlib", "pyarrow", "pynvml", "scipy", "requests", "cramjam"}
