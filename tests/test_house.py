@@ -18,7 +18,7 @@ import pytest
 
 CORE = Path(__file__).resolve().parent.parent / "didact_core"
 
-GROUND = {"config", "errors", "schema", "versioning", "engine", "procs", "legacy", "__init__"}
+GROUND = {"config", "config_forms", "errors", "schema", "versioning", "engine", "procs", "legacy", "__init__"}
 #: what each stage may import (besides itself)
 ALLOWED = {
     "ground": {"ground"},

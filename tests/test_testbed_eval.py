@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from didact_core.config import Settings
 from didact_core.data import spine
 from didact_core.data.labels import read_labels_csv
 from didact_core.data.warehouse import Warehouse
@@ -243,3 +244,24 @@ def test_the_evaluate_flags_do_what_they_say(tb, capsys):
     assert "seeds 5" in out and "held-out segments (12 of them" in out and "seed 5)" in out
     with pytest.raises(SystemExit):
         p.parse_args(["--seeds", "a,b"])
+
+
+def test_overlapping_labels_need_the_setting_that_allows_them(settings):
+    """Overlapping job labels on a node are refused with the setting named; with
+    DIDACT_LABELS_ALLOW_OVERLAP the label that started last holds a sample."""
+    s = settings.replace(nodes=2)
+    day = fixed_days(1)[0]
+    spine.ingest_raw(s, dt.date.fromisoformat(day))
+    csv = s.home_path / "labels.csv"
+    csv.write_text("node,start,end,label\n"
+                   f"node0000,{day}T01:00:00Z,{day}T05:00:00Z,outer\n"
+                   f"node0000,{day}T02:00:00Z,{day}T03:00:00Z,inner\n")  # fmt: skip
+    with pytest.raises(DidactError, match="DIDACT_LABELS_ALLOW_OVERLAP"):
+        spine.build_job_labels(s.replace(labels_csv=str(csv)), dt.date.fromisoformat(day))
+    s = s.replace(labels_csv=str(csv), labels_allow_overlap=True)
+    assert Settings.from_env({"DIDACT_LABELS_ALLOW_OVERLAP": "on"}).labels_allow_overlap
+    spine.build_job_labels(s, dt.date.fromisoformat(day))
+    spine.build_ai_ready(s, dt.date.fromisoformat(day))
+    df = Warehouse(s.home_path).read(spine.AI_READY, day, "samples")
+    labels = df.loc[df["node"].astype(str) == "node0000", "label"].astype(str)
+    assert (labels == "inner").sum() == 2 * 60 and (labels == "outer").sum() == 2 * 60 * 3

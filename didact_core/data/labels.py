@@ -28,8 +28,9 @@ Accepted inputs
   workload: its samples are dropped from ``ai_ready_metrics`` and counted as
   ``excluded_samples`` in the cleaning report, so neither training nor evaluation sees
   them.  ``exclude`` intervals may overlap job labels (that is their use);
-* overlapping job labels on one node are an error unless ``allow_overlap=True`` (Python
-  argument of the readers; then the label that started last holds a sample).
+* overlapping job labels on one node are an error unless ``allow_overlap=True``
+  (``DIDACT_LABELS_ALLOW_OVERLAP=1`` for the nightly job; then the label that started last
+  holds a sample).
 
 **Slurm** (``read_sacct``): the output of ::
 
@@ -189,7 +190,8 @@ def validate_labels(
         problems.append(f"line(s) {_lines(df.loc[backwards, 'line'])}: end is not after start")
     fix = (
         "fix or remove those lines (times ISO 8601 or epoch seconds; end exclusive and after "
-        "start; one label per node at a time unless allow_overlap=True)"
+        "start; one label per node at a time, or set DIDACT_LABELS_ALLOW_OVERLAP=1 to let the "
+        "latest-starting label win)"
     )
     if known_nodes is not None:
         known = sorted(set(map(str, known_nodes)))
@@ -491,7 +493,25 @@ def attach_intervals(samples: pd.DataFrame, intervals: pd.DataFrame, column: str
     posc = np.where(ok, pos, 0)
     ok &= (i_node[posc] == s_node) & (mid < end[posc])
     codes = np.where(ok, codes_iv[posc], 0).astype(np.int32)
+    _earlier_cover(codes, ~ok & (pos >= 1), pos, s_node, mid, i_node, end, codes_iv)
     return pd.Categorical.from_codes(codes, cats)
+
+
+def _earlier_cover(codes, todo, pos, s_node, mid, i_node, end, codes_iv) -> None:
+    """Overlapping labels: a sample whose latest-starting interval already ended takes the
+    latest-starting one that still covers it (a nested label ends, the outer one resumes);
+    walks back only while an earlier interval of the node ends after it (no cost otherwise)."""
+    reach = pd.Series(end).groupby(i_node).cummax().to_numpy()  # latest end up to here, per node
+    back = 1
+    while todo.any():
+        cand = pos - back
+        valid = todo & (cand >= 0)
+        candc = np.where(valid, cand, 0)
+        valid &= (i_node[candc] == s_node) & (reach[candc] > mid)
+        hit = valid & (mid < end[candc])
+        codes[hit] = codes_iv[candc[hit]]
+        todo = valid & ~hit
+        back += 1
 
 
 def _ms(col: pd.Series) -> np.ndarray:

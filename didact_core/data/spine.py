@@ -330,7 +330,7 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
     faults = None
     if settings.labels_csv:
         nodes = raw.metadata.get("node_list", [])
-        labels = read_labels(settings.labels_csv, known_nodes=nodes)
+        labels = read_labels(settings.labels_csv, known_nodes=nodes, allow_overlap=settings.labels_allow_overlap)
         labels = labels[(labels["end"] > start) & (labels["start"] < end)]
         origin = f"file {settings.labels_csv}"
     elif "labels" in raw.tables:
