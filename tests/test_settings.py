@@ -205,27 +205,9 @@ def test_the_launchpad_offers_every_setting_but_the_secrets(tmp_path, monkeypatc
     assert (
         s.prometheus_nodes == ("n1", "n2") and s.model_hidden == (64, 32) and s.prometheus_tls_verify is False
     )
-    assert {
-        k: getattr(s, k)
-        for k in (
-            "labels_csv",
-            "prometheus_url",
-            "prometheus_node_label",
-            "prometheus_timeout_s",
-            "schedule_enabled",
-            "drift_threshold",
-        )
-    } == {  # fmt: skip
-        k: changed[k]
-        for k in (
-            "labels_csv",
-            "prometheus_url",
-            "prometheus_node_label",
-            "prometheus_timeout_s",
-            "schedule_enabled",
-            "drift_threshold",
-        )  # fmt: skip
-    }
+    keys = ("labels_csv", "prometheus_url", "prometheus_node_label", "prometheus_timeout_s", "schedule_enabled",
+            "drift_threshold")  # fmt: skip
+    assert {k: getattr(s, k) for k in keys} == {k: changed[k] for k in keys}
     # the secrets come from the environment, read in the run
     monkeypatch.setenv("DIDACT_PROMETHEUS_PASSWORD", "s3cret")
     assert DidactResource(home=str(tmp_path)).settings().prometheus_password.get_secret_value() == "s3cret"
