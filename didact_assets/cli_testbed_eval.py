@@ -5,10 +5,12 @@ another)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from didact_assets import cli_args as args_
 from didact_assets.cli_output import console, table
 from didact_core.config import Settings
+from didact_core.errors import DidactError
 
 
 def seed_list(raw: str) -> list[int]:
@@ -39,6 +41,12 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
                     "--test-days (default yesterday)")  # fmt: skip
     ev.add_argument("--test-days", type=args_.days,
                     help="judge on these days (another recording): the detector and kNN fit on --days only")
+    ev.add_argument("--train-labels", metavar="CSV",
+                    help="one recording's labels CSV: only samples inside its intervals train (days default to the "
+                    "days it touches); tells two recordings of one UTC day apart")  # fmt: skip
+    ev.add_argument("--test-labels", metavar="CSV",
+                    help="another recording's labels CSV to judge on (with --train-labels; days default to the days "
+                    "it touches)")  # fmt: skip
     ev.add_argument("--cross", action="store_true",
                     help="with --test-days: also train on the test days and judge --days (A→B and B→A)")
     ev.add_argument("--seeds", type=seed_list,
@@ -67,16 +75,42 @@ def run_evaluate(args, settings: Settings) -> int:
     if args.seed is not None:
         settings = settings.replace(seed=args.seed)
     seeds = args.seeds or [settings.seed]
-    days = args.days or args_.last_days(1)
-    what = f"{', '.join(days)} → {', '.join(args.test_days)}" if args.test_days else ", ".join(days)
+    train_labels, test_labels, names, days, test_days = _recordings(args)
+    days = days or args_.last_days(1)
+    names = (names[0] or ",".join(days), names[1] or ",".join(test_days or []))
+    what = f"{names[0]} → {names[1]}" if test_days else ", ".join(days)
     console.print(f"evaluating {what}{' and back' if args.cross else ''} with features "
                   f"{', '.join(settings.features)}, window {settings.window}, seeds {', '.join(map(str, seeds))}")  # fmt: skip
     r = testbed_eval.evaluate(settings, days, max_train=args.max_train, max_test=args.max_test, epochs=args.epochs,
-                              openset_epochs=args.openset_epochs, seeds=seeds, test_days=args.test_days,
-                              cross=args.cross, holdout=args.holdout)  # fmt: skip
+                              openset_epochs=args.openset_epochs, seeds=seeds, test_days=test_days,
+                              cross=args.cross, holdout=args.holdout, train_labels=train_labels,
+                              test_labels=test_labels, names=names)  # fmt: skip
     for run in r["runs"]:
         console.print(table(f"per flavour: {run['name']}", run["flavour_rows"]))
     for line in report_lines(r):
         console.print(line, markup=False, highlight=False)
     console.print(f"MLflow run {r.get('mlflow_run_id', '')}")
     return 0
+
+
+def _recordings(args):
+    """(train labels, test labels, (train name, test name), train days, test days) from
+    ``--train-labels``/``--test-labels`` and ``--days``/``--test-days``."""
+    from didact_core.data.labels import read_labels
+    from didact_core.testbed.ingest import labels_days
+
+    if args.test_labels and not args.train_labels:
+        raise DidactError("--test-labels", "needs --train-labels", "give both recordings' labels CSVs")
+    if args.train_labels and args.test_days and not args.test_labels:
+        raise DidactError("--test-days with --train-labels", "leaves the test side unnamed",
+                          "give --test-labels CSV of the other recording")  # fmt: skip
+    sides = []
+    for path, days in ((args.train_labels, args.days), (args.test_labels, args.test_days)):
+        if not path:
+            sides.append((None, None, days))
+            continue
+        labels = read_labels(path)
+        days = days or [d.isoformat() for d in labels_days(path)]
+        sides.append((labels, Path(path).stem, days))
+    (tr, tr_name, tr_days), (te, te_name, te_days) = sides
+    return tr, te, (tr_name, te_name), tr_days, te_days

@@ -265,3 +265,40 @@ def test_overlapping_labels_need_the_setting_that_allows_them(settings):
     df = Warehouse(s.home_path).read(spine.AI_READY, day, "samples")
     labels = df.loc[df["node"].astype(str) == "node0000", "label"].astype(str)
     assert (labels == "inner").sum() == 2 * 60 and (labels == "outer").sum() == 2 * 60 * 3
+
+
+def test_two_recordings_of_one_day_are_told_apart_by_their_labels_files(tb, tmp_path, capsys):
+    """Recordings made on one UTC day share its partitions: ``--train-labels`` /
+    ``--test-labels`` keep each side to its own recording's intervals; ``merge_labels``
+    gives ``testbed ingest`` the union of their CSVs."""
+    import argparse
+
+    from didact_assets.cli_testbed_eval import add_evaluate_arguments
+    from didact_core.testbed.labels_csv import merge_labels, write_rows
+
+    day = fixed_days(1)[0]
+    lab = record_day(tb, day, rounds(6), seed=30).sort_values("start").reset_index(drop=True)
+    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    paths = []
+    for name, part in (("rec_a", lab.iloc[:12]), ("rec_b", lab.iloc[12:])):
+        paths.append(tmp_path / f"{name}.csv")
+        write_rows(paths[-1], [(r.node, iso(r.start), iso(r.end), r.label) for r in part.itertuples()])
+    merged = read_labels_csv(merge_labels(paths + paths[:1], tmp_path / "merged.csv"))
+    assert len(merged) == 24  # both recordings, the repeated file once
+    p = argparse.ArgumentParser()
+    add_evaluate_arguments(p)
+    args = p.parse_args(["--train-labels", str(paths[0]), "--test-labels", str(paths[1]), "--cross", "--seeds", "0",
+                         "--epochs", "1", "--openset-epochs", "1"])  # fmt: skip
+    assert args.func(args, tb) == 0
+    out = capsys.readouterr().out
+    assert "rec_a → rec_b" in out and "rec_b → rec_a" in out
+    r = tbe.evaluate(tb, [day], test_days=[day], train_labels=read_labels_csv(paths[0]),
+                     test_labels=read_labels_csv(paths[1]), seeds=[0], epochs=1, openset_epochs=1,
+                     log_to_mlflow=False)  # fmt: skip
+    first = r["runs"][0]["per_seed"][0]
+    assert first["train_segments"] == 12 and first["test_segments"] == 12  # no segment of B trains
+    seg = load_segments(tb, [day], list(CPU_FRACTIONS), only=read_labels_csv(paths[0]))
+    assert len(seg.table) == 12 and seg.frame["ts"].max() < lab["start"].iloc[12]
+    args = p.parse_args(["--test-labels", str(paths[1])])
+    with pytest.raises(DidactError, match="needs --train-labels"):
+        args.func(args, tb)

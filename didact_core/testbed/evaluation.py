@@ -83,9 +83,16 @@ def evaluate(
     test_days: list[str] | None = None,
     cross: bool = False,
     holdout: float = HOLDOUT,
+    train_labels: pd.DataFrame | None = None,
+    test_labels: pd.DataFrame | None = None,
+    names: tuple[str, str] | None = None,
 ) -> dict:
     """Segment-honest evaluation of ``days`` (or ``days`` → ``test_days``; both ways with
-    ``cross``) over ``seeds`` (default: ``settings.seed``); see the module doc."""
+    ``cross``) over ``seeds`` (default: ``settings.seed``); see the module doc.
+
+    ``train_labels`` / ``test_labels``: one recording's labels each (its CSV): only the
+    samples inside their intervals count on that side, so two recordings of one UTC day
+    (one partition) can be told apart; ``names`` name the two sides (default: their days)."""
     t0 = time.perf_counter()
     if cross and not test_days:
         raise DidactError("--cross", "needs test days", "give --train-days A and --test-days B")
@@ -93,9 +100,9 @@ def evaluate(
         raise DidactError(f"holdout {holdout}", "is not a fraction", "use e.g. 0.33")
     features = list(model_features(settings))
     seeds = list(seeds) if seeds else [settings.seed]
-    pairs = [(list(days), list(test_days) if test_days else None)]
-    if cross:
-        pairs.append((list(test_days), list(days)))
+    names = names or (",".join(days), ",".join(test_days or []))
+    a, b = (list(days), train_labels, names[0]), ((list(test_days), test_labels, names[1]) if test_days else None)
+    pairs = [(a, b)] + ([(b, a)] if cross else [])
     runs = [_direction(settings, tr, te, features, seeds, max_train, max_test, epochs, openset_epochs, holdout)
             for tr, te in pairs]  # fmt: skip
     png = runs[0].pop("plot_png")
@@ -110,10 +117,12 @@ def evaluate(
     return result
 
 
-def _direction(settings, train_days, test_days, features, seeds, max_train, max_test, epochs, openset_epochs, holdout):
-    """One train → judge direction over every seed; its per-seed figures and summary."""
-    seg_a = load_segments(settings, train_days, features)
-    seg_b = load_segments(settings, test_days, features) if test_days else None
+def _direction(settings, train, test, features, seeds, max_train, max_test, epochs, openset_epochs, holdout):
+    """One train → judge direction over every seed; its per-seed figures and summary.
+    ``train``/``test``: (days, labels that alone count or None, name); ``test`` None = held-out segments."""
+    (train_days, train_only, train_name), (test_days, test_only, test_name) = train, test or (None, None, None)
+    seg_a = load_segments(settings, train_days, features, only=train_only)
+    seg_b = load_segments(settings, test_days, features, only=test_only) if test_days else None
     per_seed, plot = [], None
     for seed in seeds:
         s = settings.replace(seed=seed)
@@ -124,7 +133,7 @@ def _direction(settings, train_days, test_days, features, seeds, max_train, max_
         per_seed.append(one)
         if plot is None:
             plot = plot_latent(det.embed(test[features]), test["label"].to_numpy(), title="testbed latent")
-    name = ",".join(train_days) + (f" → {','.join(test_days)}" if test_days else " (held-out segments)")
+    name = train_name + (f" → {test_name}" if test_days else " (held-out segments)")
     run = summarise(per_seed, seg_a, seg_b)
     run.update(name=name, train_days=train_days, test_days=test_days, interval_s=seg_a.interval_s, plot_png=plot,
                notes=seg_a.notes + (seg_b.notes if seg_b else []))  # fmt: skip

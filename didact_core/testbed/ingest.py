@@ -16,6 +16,7 @@ from didact_core.config import Settings
 from didact_core.data import spine
 from didact_core.data.labels import read_labels
 from didact_core.errors import DidactError
+from didact_core.testbed.labels_csv import merge_labels
 from didact_core.testbed.services import serve_recording, testbed_dir
 
 
@@ -33,7 +34,7 @@ def labels_days(labels_csv: str | Path, node: str | None = None) -> list[dt.date
 
 def ingest_recording(
     settings: Settings,
-    labels_csv: str | Path | None = None,
+    labels_csv: str | Path | Sequence[str | Path] | None = None,
     days: Sequence[dt.date] | None = None,
     prometheus_url: str | None = None,
     logger: logging.Logger | None = None,
@@ -42,10 +43,14 @@ def ingest_recording(
     CSV → ``ai_ready_metrics``) for the recorded days.
 
     ``prometheus_url`` None serves the recorder's stored TSDB for the duration.  ``days``
-    default: the days the CSV's labels touch.  Returns one summary dict per day."""
-    labels_csv = Path(labels_csv) if labels_csv else testbed_dir(settings) / "labels.csv"
-    if not labels_csv.exists():
-        raise DidactError(f"labels CSV {labels_csv}", "does not exist", "record first, or pass the CSV you recorded")
+    default: the days the CSV's labels touch.  Several CSVs (recordings that share a UTC
+    day) are merged into ``testbed/labels_ingested.csv`` first.  Returns one summary dict per day."""
+    paths = [labels_csv] if isinstance(labels_csv, (str, Path)) else list(labels_csv or [])
+    paths = [Path(p) for p in paths] or [testbed_dir(settings) / "labels.csv"]
+    for p in paths:
+        if not p.exists():
+            raise DidactError(f"labels CSV {p}", "does not exist", "record first, or pass the CSV you recorded")
+    labels_csv = paths[0] if len(paths) == 1 else merge_labels(paths, testbed_dir(settings) / "labels_ingested.csv")
     days = list(days) if days else labels_days(labels_csv)
     if not days:
         raise DidactError(f"labels CSV {labels_csv}", "holds no labels", "record at least one segment")

@@ -40,16 +40,33 @@ class LabelsWriter:
         rows = self.kept + [
             (s.node, _iso(s.label_start, up=True), _iso(s.label_end), s.flavour) for s in segments if s.labelled
         ]
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(self.HEADER.split(","))
-        w.writerows(rows)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_rows(self.path, rows)
+
+
+def write_rows(path: Path, rows: Sequence[tuple]) -> None:
+    """``node,start,end,label`` rows into ``path`` atomically (fsync, then rename)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(LabelsWriter.HEADER.split(","))
+    w.writerows(rows)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def merge_labels(paths: Sequence[Path], out: Path) -> Path:
+    """The rows of several labels CSVs (each validated; e.g. two recordings of one UTC day,
+    which share the day's ``job_labels`` partition) in one CSV at ``out``; duplicates once."""
+    rows: dict[tuple, None] = {}
+    for p in paths:
+        for r in read_labels(p).itertuples():
+            rows[(r.node, _iso(r.start.timestamp(), up=True), _iso(r.end.timestamp()), r.label)] = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(out, sorted(rows, key=lambda r: (r[1], r[0])))
+    return out

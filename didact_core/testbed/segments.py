@@ -60,8 +60,14 @@ class Segments:
         return out.astype(int)
 
 
-def load_segments(settings: Settings, days: list[str], features: list[str]) -> Segments:
-    """The labelled AI-ready samples of ``days`` with their segments, judged (see module doc)."""
+def load_segments(
+    settings: Settings, days: list[str], features: list[str], only: pd.DataFrame | None = None
+) -> Segments:
+    """The labelled AI-ready samples of ``days`` with their segments, judged (see module doc).
+
+    ``only``: labels (``node,start,end,label``, e.g. one recording's CSV) whose intervals
+    alone count: samples outside them are left out.  Two recordings made on one UTC day
+    share its partitions; their labels files tell them apart."""
     wh = Warehouse(settings.home_path)
     frames, intervals, notes = [], [], []
     for d in days:
@@ -78,11 +84,13 @@ def load_segments(settings: Settings, days: list[str], features: list[str]) -> S
             intervals.append(lab)
     frame = pd.concat(frames, ignore_index=True)
     frame["label"], frame["node"] = frame["label"].astype(str), frame["node"].astype(str)
+    labels = pd.concat(intervals, ignore_index=True) if intervals else None
+    jobs, exclude = split_exclude(labels)
+    if only is not None:
+        frame, jobs = _restrict(frame, jobs, only, days)
     if frame.empty:
         raise DataQualityError(f"AI-ready samples of {', '.join(days)}", "hold no labelled samples")
     interval_s = _scrape_interval(frame)
-    labels = pd.concat(intervals, ignore_index=True) if intervals else None
-    jobs, exclude = split_exclude(labels)
     if jobs is None or not len(jobs):
         notes.append("no job_labels table: segments are runs of one label on a node")
         frame["segment"] = segment_ids(frame)
@@ -97,6 +105,29 @@ def load_segments(settings: Settings, days: list[str], features: list[str]) -> S
          for s, e, length in zip(table["scrapes"], table["expected"], table["seconds"])],
     )  # fmt: skip
     return Segments(frame.reset_index(drop=True), table.reset_index(drop=True), interval_s, notes)
+
+
+def _restrict(frame: pd.DataFrame, jobs: pd.DataFrame | None, only: pd.DataFrame, days: list[str]):
+    """The samples (and job intervals) inside ``only``'s job intervals."""
+    keep, _ = split_exclude(only)
+    if keep is None or not len(keep):
+        raise DataQualityError("the recording's labels", "hold no job intervals", "pass the labels CSV it was recorded with")
+    inside = np.asarray(attach_intervals(frame, keep.assign(_in="1"), "_in", default="0")) == "1"
+    if not inside.any():
+        raise DataQualityError(
+            f"AI-ready samples of {', '.join(days)}", "hold no sample inside the recording's labels",
+            "ingest the recording (didact testbed ingest --labels CSV) and evaluate the days its labels touch",
+        )  # fmt: skip
+    if jobs is not None and len(jobs):
+        jobs = jobs[_interval_keys(jobs).isin(set(_interval_keys(keep)))]
+    return frame[inside].reset_index(drop=True), jobs
+
+
+def _interval_keys(labels: pd.DataFrame) -> pd.Series:
+    """``node|start ms|end ms|label`` per row: one key per labelled interval."""
+    ms = {c: pd.to_datetime(labels[c], utc=True).astype("datetime64[ms, UTC]").astype("int64").astype(str)
+          for c in ("start", "end")}  # fmt: skip
+    return labels["node"].astype(str) + "|" + ms["start"] + "|" + ms["end"] + "|" + labels["label"].astype(str)
 
 
 def _day_labels(wh: Warehouse, day: str) -> pd.DataFrame | None:
