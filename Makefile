@@ -34,7 +34,7 @@ demo: venv
 	$(DIDACT) demo
 
 test: venv system-deps ci-gate
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # a change that makes the model worse fails here (ci/reference.json, ci/thresholds.toml; docs/ci.md)
 ci-gate: venv

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from didact_assets.cli_output import console, table
 from didact_core.config import Settings
+from didact_core.errors import DidactError
 
 REPO = Path(__file__).resolve().parent.parent
 CI_DIR = REPO / "ci"
@@ -35,6 +36,9 @@ def add_parsers(sub) -> None:
                    help="reference metrics (default ci/reference.json)")  # fmt: skip
     g.add_argument("--report", type=Path, default=None,
                    help="folder for report.md, metrics.json and the plots (default $DIDACT_HOME/ci-report)")  # fmt: skip
+    g.add_argument("--fixtures", type=Path, default=CI_DIR / "fixtures",
+                   help="folder of real labelled recording slices (didact testbed export) trained on and judged as "
+                   "real.* (default ci/fixtures; a folder without slices adds none)")  # fmt: skip
     g.add_argument("--against-registry", action="store_true",
                    help="compare with the registry's champion scored on the same held-out split, not the reference")  # fmt: skip
     g.set_defaults(func=cmd_ci)
@@ -56,7 +60,10 @@ def cmd_ci(args, settings: Settings) -> int:
             return 2
         label, gate_settings = f"registry champion {settings.model_name} v{version}", settings
     report = args.report or settings.home_path / "ci-report"
-    fixture = CI_DIR / "fixtures"
+    fixture = args.fixtures
+    if fixture != CI_DIR / "fixtures" and not fixture.is_dir():
+        raise DidactError(f"--fixtures {fixture}", "is not a folder",
+                          "give the folder that holds didact testbed export slices (e.g. ci/fixtures)")  # fmt: skip
     with console.status("didact ci gate") as status:
         outcome = run_gate(
             args.profile, thresholds=args.thresholds, reference=args.reference, accept=args.accept,

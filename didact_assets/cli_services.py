@@ -127,6 +127,15 @@ def cmd_testbed_ingest(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_testbed_export(args, settings: Settings) -> int:
+    from didact_core.testbed.export import export_fixture
+
+    summary = export_fixture(settings, args.labels, args.out, args.segments)
+    console.print(f"exported {summary['segments']} segments ({', '.join(summary['flavours'])}), "
+                  f"{summary['cpu_rows']} CPU rows, {summary['start']} – {summary['end']} → {args.out}")  # fmt: skip
+    return 0
+
+
 def cmd_testbed_serve(args, settings: Settings) -> int:
     from didact_core import testbed
 

@@ -47,6 +47,9 @@ def gate_files(tmp_path_factory):
 def _run_cli(argv: list[str], home: Path) -> int:
     parser = argparse.ArgumentParser()
     cli_ci.add_parsers(parser.add_subparsers(dest="command"))
+    if argv[:2] == ["ci", "gate"] and "--fixtures" not in argv:  # the reference above was recorded without one
+        (home / "no-fixtures").mkdir(exist_ok=True)
+        argv = [*argv, "--fixtures", str(home / "no-fixtures")]
     args = parser.parse_args(argv)
     return args.func(args, Settings(home=str(home)))
 
@@ -171,3 +174,38 @@ def test_against_a_champion_scored_on_the_same_split(tmp_path):
     assert outcome.passed and outcome.baseline_source == "champion v7"
     assert outcome.baseline["error_mean"] == outcome.metrics["error_mean"]
     assert "train_samples_per_second" not in outcome.baseline  # a registered model has no training run here
+
+
+def test_a_recording_slice_is_exported_preprocessed_by_the_code_and_judged_as_real(settings, tmp_path):
+    """``didact testbed export`` writes the raw slice of a recording's first segments; the gate
+    preprocesses it with the code under test, trains on two thirds of its segments and reports
+    the held-out third as ``real.*``."""
+    import datetime as dt
+
+    from didact_core.data import spine
+    from didact_core.data.warehouse import Warehouse
+    from didact_core.learn.ci_gate import PROFILES, load_fixture, reference_set
+    from didact_core.schema import CPU_FRACTIONS
+    from didact_core.testbed.export import export_fixture
+    from didact_core.testbed.labels_csv import write_rows
+
+    from .days import fixed_days
+
+    day = fixed_days(1)[0]
+    s = settings.replace(features=("cpu", "node"))
+    spine.ingest_raw(s, dt.date.fromisoformat(day))
+    labels = Warehouse(s.home_path).read(spine.RAW, day, "labels").sort_values("start")
+    iso = lambda t: t.isoformat().replace("+00:00", "Z")  # noqa: E731
+    write_rows(tmp_path / "rec.csv", [(r.node, iso(r.start), iso(r.end), r.label) for r in labels.itertuples()])
+    summary = export_fixture(s, tmp_path / "rec.csv", tmp_path / "fixtures" / "rec", segments=12)
+    assert summary["segments"] == 12 and summary["cpu_rows"] > 0 and summary["node_metrics_rows"] > 0
+    cols = list(CPU_FRACTIONS)
+    frame, digest = load_fixture(tmp_path / "fixtures", cols)
+    assert len(frame) and set(frame["label"]) <= set(labels["label"].head(12)) and digest
+    assert load_fixture(tmp_path / "fixtures", cols)[1] == digest  # same slice, same version
+    ref = reference_set(PROFILES["tiny"], cols, fixture=tmp_path / "fixtures")
+    assert len(ref.real_test) and ref.versions["fixture"] == digest
+    with pytest.raises(DidactError, match="positive count"):
+        export_fixture(s, tmp_path / "rec.csv", tmp_path / "x", segments=0)
+    with pytest.raises(DidactError, match="is not a folder"):
+        _run_cli(["ci", "gate", "--profile", "tiny", "--fixtures", str(tmp_path / "nowhere")], tmp_path)

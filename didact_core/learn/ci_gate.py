@@ -6,8 +6,9 @@ approved baseline on the same evaluation split).  :func:`run_gate`
 
 1. simulates the profile's days (fixed seed, nodes, CPUs, scrape interval; ``ingest.simulator``)
    and preprocesses them (``data.preprocess``) with the features the code's defaults ask for;
-   optionally adds a small real labelled fixture (:func:`load_fixture`, the documented hook —
-   none is committed yet);
+   adds the real labelled fixture in ``ci/fixtures/`` (:func:`load_fixture`: raw slices of a
+   ``didact testbed`` recording, preprocessed by the code under test; a third of its segments
+   held out and judged as ``real.*``);
 2. trains a fresh detector (``learn.detector``) on the training days, seeded, on a fixed number
    of torch threads, on the CPU;
 3. evaluates it on the held-out days — whole days, so no neighbouring samples sit on both
@@ -42,9 +43,10 @@ import numpy as np
 import pandas as pd
 
 from didact_core.config import Settings
-from didact_core.data.labels import attach_intervals
+from didact_core.data.labels import attach_intervals, read_labels
 from didact_core.data.preprocess import feature_columns, preprocess, split_feature_columns
 from didact_core.errors import DataQualityError, DidactError
+from didact_core.ingest.base import RawBlock
 from didact_core.ingest.simulator import SimulatedCluster
 from didact_core.learn.ci_report import (
     code_version_info, environment_info, read_reference, reference_entry, write_reference, write_report,
@@ -169,7 +171,8 @@ def simulate(profile: Profile) -> tuple[dict, str]:
 def _ai_ready(block, base: tuple[str, ...], window: int, interval_s: float) -> pd.DataFrame:
     samples, _ = preprocess(block.cpu, base, interval_s, node_metrics=block.node_metrics, window=window)
     samples["label"] = attach_intervals(samples, block.labels, "label", default="unknown").astype(str)
-    samples["fault"] = attach_intervals(samples, block.faults, "fault", default="").astype(str)
+    samples["fault"] = ("" if block.faults is None else
+                        attach_intervals(samples, block.faults, "fault", default="").astype(str))  # fmt: skip
     samples["node"] = samples["node"].astype(str)
     return samples
 
@@ -191,32 +194,45 @@ def reference_set(profile: Profile, columns: list[str], raw: tuple[dict, str] | 
     versions = {"reference_set": raw_hash, "ai_ready": h.hexdigest(), "train_rows": len(train), "test_rows": len(test)}
     real_test = pd.DataFrame()
     if fixture is not None:
-        fx, versions["fixture"] = load_fixture(fixture, columns)
+        fx, fx_version = load_fixture(fixture, columns)
         if len(fx):
+            versions["fixture"] = fx_version
             fx_train, real_test = split_segments(fx, 0.3, profile.seed)
             train = pd.concat([train, fx_train[train.columns.intersection(fx_train.columns)]], ignore_index=True)
     return ReferenceSet(train, test, list(columns), versions, real_test)
 
 
 def load_fixture(folder: Path, columns: list[str]) -> tuple[pd.DataFrame, str | None]:
-    """The real labelled fixture: every ``*.parquet`` in ``folder`` (AI-ready rows with ``ts``,
-    ``node``, ``cpu``, ``label`` and the model's ``columns``, e.g. a ``didact testbed`` recording
-    exported from ``ai_ready_metrics``), and its hash.  No folder, or no file: empty."""
-    files = sorted(Path(folder).glob("*.parquet")) if Path(folder).is_dir() else []
-    if not files:
+    """The real labelled fixture: every sub-folder of ``folder`` holding a raw recording slice
+    (``cpu.parquet``, optional ``node_metrics.parquet``, ``labels.csv``: what ``didact testbed
+    export`` writes), preprocessed here into the model's ``columns`` by the code under test,
+    labelled; and the hash of the raw tables.  No folder, or no slice: empty."""
+    slices = sorted(p.parent for p in Path(folder).glob("*/cpu.parquet")) if Path(folder).is_dir() else []
+    if not slices:
         return pd.DataFrame(), None
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    missing = [c for c in ("ts", "node", "label", *columns) if c not in df.columns]
-    if missing:
-        raise DataQualityError(f"CI fixture {folder}", f"lacks column(s) {missing}",
-                               "export AI-ready rows with the model's features and a label column")  # fmt: skip
-    df = df[has_label(df["label"])].reset_index(drop=True)
-    df["label"], df["node"] = df["label"].astype(str), df["node"].astype(str)
-    if "fault" not in df:
-        df["fault"] = ""
+    base, window = split_feature_columns(columns)
     h = hashlib.blake2b(digest_size=8)
-    _frame_hash(h, df[["ts", "node", "label", *columns]])
-    return df, h.hexdigest()
+    frames = []
+    for d in slices:
+        try:
+            cpu = pd.read_parquet(d / "cpu.parquet")
+            nm = pd.read_parquet(d / "node_metrics.parquet") if (d / "node_metrics.parquet").exists() else None
+            labels = read_labels(d / "labels.csv")
+        except (OSError, ValueError) as e:
+            raise DataQualityError(f"CI fixture {d}", f"cannot be read ({e})",
+                                   "export it again with didact testbed export")  # fmt: skip
+        for df in (cpu, nm, labels):
+            _frame_hash(h, df)
+        ts = pd.to_datetime(cpu["ts"], utc=True)
+        interval_s = float(ts.groupby([cpu["node"], cpu["cpu"]]).diff().dt.total_seconds().median())
+        frame = _ai_ready(RawBlock(cpu=cpu, labels=labels, node_metrics=nm), base, window, interval_s)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise DataQualityError(f"CI fixture {d}", f"gives no {missing} (features the model reads)",
+                                   "export the slice from a recording that has node-level metrics")  # fmt: skip
+        frames.append(frame.assign(fixture=d.name))
+    df = pd.concat(frames, ignore_index=True)
+    return df[has_label(df["label"])].reset_index(drop=True), h.hexdigest()
 
 
 def split_segments(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
