@@ -89,6 +89,8 @@ _AT_LEAST = {
     **dict.fromkeys(("prometheus_concurrency", "prometheus_max_samples_per_query", "slurm_cpus_per_task"), 1),
     **dict.fromkeys(("prometheus_retries", "drift_min_samples", "drift_cooldown_hours", "drift_threshold"), 0),
     **dict.fromkeys(("replay_fraction", "promotion_tolerance", "slurm_gpus", "slurm_max_parallel"), 0),
+    **dict.fromkeys(("sim_fs_stalls_per_day", "sim_rack_events_per_day", "sim_sched_storms_per_day"), 0),
+    "sim_nodes_per_rack": 1,
 }
 _POSITIVE = ("interval_s", "redfish_timeout_s", "prometheus_timeout_s", "slurm_wait_timeout_s",
              "slurm_command_timeout_s")  # fmt: skip
@@ -208,6 +210,15 @@ class Settings(BaseModel):
     interval_s: float = 15.0
     seed: int = 0
     fault_rate: float = _doc(0.05, "labelled behavioural faults (CPU hog, IO stall, ...) per node-hour")
+    # racks, and the simulated cluster-level truth (clusters of two racks or more; ingest.sim_cluster)
+    topology: str = _doc("", "racks: a node,rack CSV path, pattern:<regex with (?P<rack>...)> or "
+                             "per_rack:<N>; empty = the simulator's racks (one rack for other sources)")
+    sim_nodes_per_rack: int = _doc(8, "simulated nodes per rack (rack-00, rack-01, ...)")
+    sim_multinode_share: float = _doc(0.25, "share of simulated node time in multi-node MPI jobs")
+    sim_fs_stalls_per_day: float = _doc(2.0, "simulated shared-filesystem stalls per day (iowait rises)")
+    sim_rack_events_per_day: float = _doc(2.0, "simulated rack network/power events per day")
+    sim_sched_storms_per_day: float = _doc(1.0, "simulated scheduler storms per day (system time bursts)")
+    sim_straggler_rate: float = _doc(0.2, "share of simulated multi-node jobs (3+ nodes) with one straggler")
     # preprocessing
     features: CommaList = ("idle", "iowait", "system", "user", "other")
     window: int = _doc(1, "temporal context: the model sees each feature at this many consecutive timesteps")
@@ -276,6 +287,10 @@ class Settings(BaseModel):
     slurm_max_parallel: int = _doc(0, "array tasks running at once (%N); 0 = no limit")
     slurm_wait_timeout_s: float = _doc(3600.0, "a step gives up on (and cancels) its Slurm job after this")
     slurm_command_timeout_s: float = _doc(30.0, "an sbatch/scontrol call that does not answer in this fails")
+    # didact act (docs/act.md): power caps, notify webhook, exported metrics
+    powercap_root: PathStr = _doc("/sys/class/powercap", "the powercap sysfs tree power-cap actions write")
+    act_webhook_url: str = _doc("", "Alertmanager-style webhook for notify actions (the policy's url wins)")
+    act_metrics_textfile: PathStr = _doc("", "didact_act_* metrics file; empty = HOME/act/didact_act.prom")
 
     def __init__(self, **data: Any):
         try:
@@ -397,6 +412,16 @@ class Settings(BaseModel):
             bad("nightly_at", "is not a time of day", "HH:MM (UTC), e.g. 02:30")
         if any(h < 1 for h in self.model_hidden):
             bad("model_hidden", _PROBLEMS["model_hidden"], _FORMS["model_hidden"])
+        for name, top in (("sim_multinode_share", 0.95), ("sim_straggler_rate", 1.0)):
+            if not 0 <= getattr(self, name) <= top:
+                bad(name, f"must be between 0 and {top}", "a fraction like 0.2")
+        if self.topology.startswith("pattern:"):
+            form = "pattern:<regex with a (?P<rack>...) group>"
+            try:
+                if "rack" not in re.compile(self.topology[8:]).groupindex:
+                    bad("topology", "has no named group 'rack'", form)
+            except re.error as e:
+                bad("topology", f"is not a regular expression ({e})", form)
         if not self.features:
             bad("features", "the feature list is empty", _FORMS["features"])
         return out

@@ -35,7 +35,10 @@ class RawBlock:
     node_metrics: pd.DataFrame | None = None
     #: nodes expected but absent from this block (e.g. not scraped)
     missing_nodes: list[str] = field(default_factory=list)
-    #: free-form facts for metadata (e.g. the simulator's injected data faults)
+    #: free-form facts for metadata (e.g. the simulator's injected data faults); the simulator's
+    #: cluster-level truth frames, when it draws them (rates given, two racks or more): ``cluster_incidents`` (the whole
+    #: day's), ``incident_nodes``, ``job_members``, ``stragglers``, ``topology`` (this block's
+    #: nodes) — schemas in :mod:`didact_core.ingest.sim_cluster`
     meta: dict = field(default_factory=dict)
 
 

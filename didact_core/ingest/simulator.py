@@ -14,8 +14,16 @@ of injected faults:
 * **behavioural faults** (CPU hog, IO stall, steal storm, softirq storm), labelled in
   ``RawBlock.faults``: the anomalies a detector should flag.
 
+Cluster-level truth (``cluster``: :class:`~didact_core.ingest.sim_cluster.ClusterRates`, off
+unless given; :meth:`SimulatedCluster.from_settings` gives the ``DIDACT_SIM_*`` rates): nodes
+sit in racks (``topology``, default ``nodes_per_rack`` a rack), multi-node jobs span several
+nodes with shared timing, some have a straggler, and filesystem stalls, rack events and
+scheduler storms hit many nodes at once — on clusters of two racks or more.  Schemas and
+truth frames: :mod:`didact_core.ingest.sim_cluster`; :meth:`SimulatedCluster.cluster_truth`.
+
 Same ``(seed, day)`` → identical data, whatever the block size: each node draws from
-its own generator seeded by ``(seed, day, node)``.
+its own generator seeded by ``(seed, day, node)``, the cluster-level events from one
+seeded by ``(seed, day, "cluster")``.
 """
 
 from __future__ import annotations
@@ -31,91 +39,20 @@ import pandas as pd
 from didact_core.errors import DidactError
 from didact_core.schema import CPU_MODES, NODE_COUNTERS
 from didact_core.ingest.base import RawBlock, TelemetrySource, day_bounds
+from didact_core.ingest.sim_cluster import ClusterPlan, ClusterRates, plan_day
+from didact_core.ingest.sim_signatures import (  # noqa: F401 (re-exported: the simulator's face)
+    FAULTS,
+    IDLE_SIGNATURE,
+    NODE_MEMORY_GB,
+    NODE_SIGNATURES,
+    SIGNATURES,
+    FlavourSignature,
+)
+from didact_core.ingest.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
 
 _M = {m: i for i, m in enumerate(CPU_MODES)}
-
-
-def _sig(**fractions: float) -> np.ndarray:
-    """A signature vector over CPU_MODES from keyword fractions (normalised)."""
-    v = np.zeros(len(CPU_MODES))
-    for mode, f in fractions.items():
-        v[_M[mode]] = f
-    return v / v.sum()
-
-
-@dataclass(frozen=True)
-class FlavourSignature:
-    """How the simulator draws a job flavour: which CPU threads it keeps busy, how their
-    time splits between the CPU modes, and how long its jobs run.  ``name`` is the
-    flavour's label."""
-
-    name: str
-    #: CPU threads the job keeps busy; 0 = none (idle), -1 = all of the node's
-    threads: int
-    signature: tuple
-    #: job duration: median minutes and log-normal sigma
-    median_minutes: float
-    sigma: float = 0.5
-    weight: float = 1.0
-
-
-IDLE_SIGNATURE = _sig(idle=0.975, iowait=0.004, irq=0.001, softirq=0.002, system=0.008, user=0.010)
-
-#: The reference testbed's job flavours (DESIGN.md), idle CPUs included, by label.
-SIGNATURES: dict[str, FlavourSignature] = {
-    f.name: f
-    for f in [
-        FlavourSignature("idle", 0, tuple(IDLE_SIGNATURE), 30, 0.6, weight=2.0),
-        FlavourSignature("io_good", -1, tuple(_sig(idle=0.40, iowait=0.12, irq=0.01, softirq=0.05, system=0.17, user=0.25)), 45),
-        FlavourSignature("io_bad", -1, tuple(_sig(idle=0.18, iowait=0.55, irq=0.01, softirq=0.04, system=0.14, user=0.08)), 45),
-        FlavourSignature("mpi_2", 2, tuple(_sig(idle=0.02, irq=0.005, softirq=0.025, system=0.20, user=0.75)), 90),
-        FlavourSignature("mpi_16", -1, tuple(_sig(idle=0.01, irq=0.01, softirq=0.07, system=0.42, user=0.49)), 90),
-        FlavourSignature("reco_1t", 1, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        FlavourSignature("reco_2t", 2, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        FlavourSignature("reco_4t", 4, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        FlavourSignature("reco_8t", 8, tuple(_sig(idle=0.03, iowait=0.01, irq=0.002, softirq=0.003, system=0.045, user=0.91)), 60),
-        FlavourSignature("fit_amplitude", -1, tuple(_sig(idle=0.08, irq=0.002, softirq=0.004, system=0.12, user=0.794)), 40),
-        FlavourSignature("fit_mcmc", 1, tuple(_sig(idle=0.02, irq=0.001, nice=0.88, softirq=0.002, system=0.02, user=0.077)), 40),
-        FlavourSignature("fit_minuit", 1, tuple(_sig(idle=0.30, irq=0.002, softirq=0.003, system=0.03, user=0.665)), 30),
-    ]
-}
-
-#: Labelled behavioural faults: the signature replaces the job's on every CPU thread.
-FAULTS: dict[str, np.ndarray] = {
-    "cpu_hog": _sig(idle=0.01, system=0.02, user=0.97),
-    "io_stall": _sig(idle=0.08, iowait=0.85, system=0.05, user=0.02),
-    "steal_storm": _sig(idle=0.05, steal=0.50, system=0.05, user=0.40),
-    "softirq_storm": _sig(idle=0.10, softirq=0.45, irq=0.05, system=0.15, user=0.25),
-}
-
-
-#: node-level signature per flavour: per-second rates of NODE_COUNTERS (context
-#: switches, interrupts, disk busy seconds, disk bytes read/written, page faults,
-#: network bytes in/out) and the memory in use (GB)
-_NODE = {
-    #             ctxt     intr   disk_io  read_B  write_B  pgfault  rx_B   tx_B  mem_GB
-    "idle":      (1.5e3,   8e2,   0.002,   1e3,    2e4,     2e2,     2e3,   2e3,  1.5),
-    "io_good":   (8e3,     6e3,   0.55,    4e7,    1.6e8,   3e3,     1e4,   1e4,  6),
-    "io_bad":    (4.5e4,   3e4,   0.97,    5e5,    3e6,     1.5e3,   1e4,   1e4,  3),
-    "mpi_2":     (2.5e4,   1.2e4, 0.01,    1e4,    5e4,     8e3,     8e7,   8e7,  8),
-    "mpi_16":    (1.8e5,   6e4,   0.01,    1e4,    5e4,     3e4,     4e8,   4e8,  24),
-    "reco_1t":   (3e3,     2e3,   0.05,    8e6,    1e6,     2e4,     5e3,   5e3,  3),
-    "reco_2t":   (5e3,     3e3,   0.08,    1.6e7,  2e6,     4e4,     5e3,   5e3,  5),
-    "reco_4t":   (9e3,     5e3,   0.12,    3.2e7,  4e6,     8e4,     5e3,   5e3,  9),
-    "reco_8t":   (1.7e4,   9e3,   0.2,     6.4e7,  8e6,     1.6e5,   5e3,   5e3,  17),
-    "fit_amplitude": (1.2e4, 7e3, 0.01,    1e5,    1e5,     1.2e5,   1e4,   1e4,  20),
-    "fit_mcmc":  (2.5e3,   1.5e3, 0.001,   1e4,    1e4,     5e2,     2e3,   2e3,  1),
-    "fit_minuit": (2e3,    1.2e3, 0.001,   1e4,    1e4,     3e3,     2e3,   2e3,  2),
-    # labelled faults
-    "cpu_hog":   (1e3,     9e2,   0.001,   0,      0,       1e2,     1e3,   1e3,  2),
-    "io_stall":  (5e2,     4e2,   1.0,     1e3,    1e3,     1e2,     1e3,   1e3,  4),
-    "steal_storm": (4e3,   3e3,   0.01,    1e4,    1e4,     2e3,     5e3,   5e3,  4),
-    "softirq_storm": (5e4, 3e5,   0.01,    1e4,    1e4,     1e3,     5e8,   5e8,  4),
-}  # fmt: skip
-NODE_SIGNATURES = {k: np.asarray(v[:8], dtype=np.float64) for k, v in _NODE.items()}
-NODE_MEMORY_GB = {k: v[8] for k, v in _NODE.items()}
 
 
 @dataclass(frozen=True)
@@ -168,6 +105,12 @@ class SimulatedCluster(TelemetrySource):
     noise: float = 0.25
     flavours: tuple = tuple(SIGNATURES)
     name: str = "simulator"
+    #: cluster-level events (none unless given) and the racks: ``topology``, or
+    #: ``nodes_per_rack`` nodes a rack (rack-00, rack-01, ...)
+    cluster: ClusterRates = field(default_factory=ClusterRates.none)
+    nodes_per_rack: int = 8
+    topology: Topology | None = None
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.nodes_count < 1 or self.cpus < 1:
@@ -188,6 +131,12 @@ class SimulatedCluster(TelemetrySource):
             )
         if self.fault_rate < 0:
             raise DidactError(f"fault_rate={self.fault_rate}", "must not be negative")
+        self.cluster.check()
+        if self.topology is None:
+            self.topology = Topology.per_rack(self.nodes(), self.nodes_per_rack, source="simulator")
+        else:
+            self.topology.require_only(self.nodes())
+            self.topology = self.topology.place(self.nodes(), what="the simulated cluster")
 
     @classmethod
     def from_settings(cls, settings) -> "SimulatedCluster":
@@ -197,6 +146,10 @@ class SimulatedCluster(TelemetrySource):
             interval_s=settings.interval_s,
             seed=settings.seed,
             fault_rate=settings.fault_rate,
+            cluster=ClusterRates.from_settings(settings),
+            nodes_per_rack=settings.sim_nodes_per_rack,
+            topology=load_topology(settings.topology, [cls.node_name(i) for i in range(settings.nodes)],
+                                   settings.sim_nodes_per_rack, exact=True),  # fmt: skip
         )
 
     # -- TelemetrySource ---------------------------------------------------------
@@ -220,7 +173,26 @@ class SimulatedCluster(TelemetrySource):
             "seed": self.seed,
             "fault_rate": self.fault_rate,
             "data_fault_rates": asdict(self.data_faults),
+            # only when on, so that the data version of a cluster without them stays as it was
+            **({"cluster_rates": asdict(self.cluster), "racks": len(self.topology.racks),
+                "topology": self.topology.source, "topology_digest": self.topology.digest()}
+               if self.cluster.any else {}),  # fmt: skip
         }
+
+    def cluster_plan(self, day: dt.date) -> ClusterPlan:
+        """The day's cluster-level events (drawn once per day; a few days kept)."""
+        if day not in self._plans:
+            if len(self._plans) >= 4:
+                self._plans.pop(next(iter(self._plans)))
+            names = self.nodes()
+            racks = [self.topology.rack_of[n] for n in names]
+            self._plans[day] = plan_day(self.seed, day, names, racks, self.interval_s, self.cluster)
+        return self._plans[day]
+
+    def cluster_truth(self, day: dt.date) -> dict[str, pd.DataFrame]:
+        """The whole day's cluster-level truth frames (:mod:`~didact_core.ingest.sim_cluster`),
+        without generating any counters."""
+        return self.cluster_plan(day).frames()
 
     def power_model(self, node_index: int) -> NodePower:
         """The node's true power model (idle baseline + dynamic part × utilisation)."""
@@ -283,13 +255,15 @@ class SimulatedCluster(TelemetrySource):
             }
         )  # fmt: skip
         totals = {k: sum(p["data_faults"][k] for p in parts) for k in _DATA_FAULT_KINDS}
+        plan = self.cluster_plan(day)
+        truth = plan.frames(names) if plan.active else {}
         return RawBlock(
             cpu=cpu,
             power=power,
             labels=_intervals([r for p in parts for r in p["labels"]], "label"),
             faults=_intervals([r for p in parts for r in p["faults"]], "fault"),
             node_metrics=node_metrics,
-            meta={"data_faults": totals, "nodes": len(parts)},
+            meta={"data_faults": totals, "nodes": len(parts), **truth},
         )
 
     def _schedule(self, rng: np.random.Generator, T: int) -> list[tuple[int, int, str]]:
@@ -319,6 +293,9 @@ class SimulatedCluster(TelemetrySource):
         jobs = self._schedule(rng, T)
         mean = self._job_means(rng, jobs, T)
         rates, mem = _job_node_rates(rng, jobs, T)
+        plan = self.cluster_plan(day)
+        if plan.touches(i):  # multi-node jobs, stragglers, incidents (labelled faults override them)
+            jobs = plan.apply_node(i, jobs, mean, rates, mem)
         faults = [(name, ts0 + s * step_ms, ts0 + e * step_ms, kind)
                   for s, e, kind in self._behavioural_faults(rng, T, mean, rates)]  # fmt: skip
         frac = self._noisy_fractions(rng, mean)
@@ -336,6 +313,7 @@ class SimulatedCluster(TelemetrySource):
         util = 1.0 - (frac[_M["idle"]] + frac[_M["iowait"]]).mean(axis=0, dtype=np.float64)
         pm = self.power_model(i)
         watts = pm.watts(util) + pm.noise_watts * rng.standard_normal(T)
+        plan.apply_power(i, watts)
 
         # cumulative counters: seconds per interval (scrape-timing jitter), uptime offset
         jitter = 1 + 0.005 * rng.standard_normal((1, C, T))
@@ -503,3 +481,10 @@ def expected_cleaning(data_faults: dict, cpus: int) -> dict:
         "nan_rows": data_faults.get("nan", 0),
         "clock_skew": data_faults.get("clock_skew", 0) * 2 * cpus,
     }
+
+
+def cluster_truth(settings, day: dt.date, seed: int | None = None) -> dict[str, pd.DataFrame]:
+    """The simulated cluster's whole-day cluster-level truth for ``settings`` (``seed`` instead
+    of its seed), without generating any counters (:mod:`~didact_core.ingest.sim_cluster`)."""
+    sim = SimulatedCluster.from_settings(settings if seed is None else settings.replace(seed=seed))
+    return sim.cluster_truth(day)
