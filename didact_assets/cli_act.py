@@ -1,27 +1,40 @@
-"""``didact act plan|apply|log``: node controls through Slurm, dry run first (docs/act.md).
+"""``didact act plan|apply|restore|log|metrics``: node controls through Slurm, dry run first (docs/act.md).
 
 Wiring (didact_assets/cli.py): ``from didact_assets import cli_act`` and, in
 ``build_parser``, ``cli_act.add_parsers(sub)``.  Exit status: 0 done, 1 some approved
-action was refused or failed (shown, and in the audit log), 2 a usage error.
+action was refused, failed or could not be applied here (shown, and in the audit log),
+2 a usage error.  After ``plan``, ``apply`` and ``restore`` the ``didact_act_*`` metrics
+textfile is rewritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sys
+import time
 from pathlib import Path
+
+from prometheus_client import generate_latest
 
 from didact_assets.cli_output import console, table
 from didact_core.act import AuditLog, SlurmNodes, apply, load_policy, observations_from_events, plan
+from didact_core.act.conditions import power_from_json, scoring_intervals, with_power
+from didact_core.act.metrics import registry, write_textfile
+from didact_core.act.nodes import NoSlurm
+from didact_core.act.planner import shed_nodes
+from didact_core.act.powercap import PowerCaps
+from didact_core.act.shed import unshed
 from didact_core.config import Settings
 from didact_core.errors import DidactError
 
 
 def add_parsers(sub) -> None:
-    act = sub.add_parser("act", help="drain/resume/notify nodes through Slurm from policies: plan, apply, log",
+    act = sub.add_parser("act", help="drain/resume/notify/power-cap/shed nodes from policies: plan, apply, log",
                          description="Act on what didact sees (docs/act.md). `plan` changes nothing; `apply` "
                          "executes approved (--approve ID) and auto proposals that still hold.")  # fmt: skip
-    asub = act.add_subparsers(dest="action", required=True, metavar="{plan,apply,log}")
+    asub = act.add_subparsers(dest="action", required=True, metavar="{plan,apply,restore,log,metrics}")
     for name, text in (("plan", "print the proposed actions and why; changes nothing"),
                        ("apply", "execute approved proposals (and auto rules) that still hold")):  # fmt: skip
         p = asub.add_parser(name, help=text, description=text)
@@ -29,33 +42,60 @@ def add_parsers(sub) -> None:
         p.add_argument("--events", type=Path, default=None,
                        help="JSON list of OOD events [{node, id, ts}] (default: the review queue's pending events)")  # fmt: skip
         p.add_argument("--window", type=float, default=30.0,
-                       help="minutes of review-queue events that count (default 30)")  # fmt: skip
+                       help="minutes of live review-queue events that count (default 30; --day takes the whole day)")  # fmt: skip
+        p.add_argument("--day", default=None, metavar="YYYY-MM-DD",
+                       help="judge a stored day instead of the live window: all its review-queue events")  # fmt: skip
+        p.add_argument("--power", type=Path, default=None,
+                       help='JSON of node watts, {"n1": 310} or [{"node", "watts"}] (default: Slurm\'s CurrentWatts)')  # fmt: skip
+        p.add_argument("--at", default=None, metavar="ISO-TIME",
+                       help="the UTC time a rule's peak hours are judged at (default: now)")  # fmt: skip
         p.add_argument("--slurm-conf", type=Path, default=None, help="slurm.conf (default: SLURM_CONF or Slurm's)")
         p.add_argument("--timeout", type=float, default=20.0, help="watchdog seconds for each scontrol call")
+        p.add_argument("--no-slurm", action="store_true",
+                       help="this host has no Slurm: read no node states (power-cap and notify rules only)")  # fmt: skip
         if name == "apply":
             p.add_argument("--approve", action="append", default=[], metavar="ID",
                            help="approve a proposal id from `didact act plan` (repeatable)")  # fmt: skip
             p.add_argument("--actor", default=None, help="who approves (default: the login name)")
+            p.add_argument("--hold", type=float, default=0.0, metavar="MINUTES",
+                           help="keep the power caps of this run for MINUTES, then restore them (also on Ctrl-C, "
+                           "SIGTERM or an error); 0: they stay until `didact act restore`")  # fmt: skip
         p.set_defaults(func=cmd_act)
+    rs = asub.add_parser("restore", help="write back the power limits didact replaced; --shed: bring shed nodes back")
+    rs.add_argument("--shed", action="store_true", help="also resume / power up nodes with a `didact: shed` reason")
+    rs.add_argument("--slurm-conf", type=Path, default=None, help="slurm.conf (default: SLURM_CONF or Slurm's)")
+    rs.add_argument("--timeout", type=float, default=20.0, help="watchdog seconds for each scontrol call")
+    rs.set_defaults(func=cmd_act)
     lg = asub.add_parser("log", help="list proposals, approvals, actions and Slurm's answers")
     lg.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")
     lg.set_defaults(func=cmd_act)
+    mt = asub.add_parser("metrics", help="print the didact_act_* metrics (what the textfile holds)")
+    mt.set_defaults(func=cmd_act)
 
 
 def cmd_act(args, settings: Settings) -> int:
     audit = AuditLog.under(settings.home_path)
+    caps = PowerCaps.under(settings.home_path, settings.powercap_root, audit=audit)
     if args.action == "log":
-        rows = audit.records()[-args.limit:]
-        if not rows:
-            console.print(f"no act records in {audit.path}")
-            return 0
-        console.print(table(f"act audit ({audit.path})", [_log_row(r) for r in rows]))
+        return _log(audit, args.limit)
+    if args.action == "metrics":
+        sys.stdout.write(generate_latest(registry(audit, caps)).decode())  # raw: rich would wrap the lines
         return 0
+    try:
+        return _run(args, settings, audit, caps)
+    finally:
+        write_textfile(_textfile(settings), audit, caps)
+
+
+def _run(args, settings: Settings, audit: AuditLog, caps: PowerCaps) -> int:
+    slurm = NoSlurm() if getattr(args, "no_slurm", False) else SlurmNodes(conf=args.slurm_conf, timeout_s=args.timeout)
+    if args.action == "restore":
+        return _restore(args, caps, slurm, audit)
     policy = load_policy(args.policy)
-    observations = observations_from_events(_events(args, settings))
-    slurm = SlurmNodes(conf=args.slurm_conf, timeout_s=args.timeout)
+    observations = with_power(observations_from_events(*_events(args, settings)), _power(args, slurm))
+    at = _at(args.at)
     if args.action == "plan":
-        proposals, skipped = plan(policy, observations, slurm, audit)
+        proposals, skipped = plan(policy, observations, slurm, audit, caps, now=at)
         rows = [{"id": p.id, "node": p.node, "action": p.action, "rule": p.rule,
                  "approval": "auto" if p.auto else "needed", "why": p.why, "reason": p.reason} for p in proposals]  # fmt: skip
         console.print(table("proposed (dry run: nothing changed)", rows) if rows else "nothing to propose")
@@ -64,26 +104,114 @@ def cmd_act(args, settings: Settings) -> int:
         if any(not p.auto for p in proposals):
             console.print("approve with: didact act apply --policy … --approve ID")
         return 0
-    outcomes = apply(policy, observations, slurm, audit, approve=args.approve, actor=args.actor)
-    if not outcomes:
-        console.print("nothing to apply (no approved or auto proposal)")
-    for r in outcomes:
-        console.print(_log_row(r)["what"])
-    return 1 if any(r["kind"] in ("refused", "failed") for r in outcomes) else 0
+    with caps.held() if args.hold > 0 else _restore_on_error(caps):  # SIGTERM restores from here on
+        outcomes = apply(policy, observations, slurm, audit, approve=args.approve, actor=args.actor, now=at,
+                         caps=caps, webhook_url=policy.notify_url or settings.act_webhook_url)  # fmt: skip
+        if not outcomes:
+            console.print("nothing to apply (no approved or auto proposal)")
+        for r in outcomes:
+            console.print(_log_row(r)["what"], markup=False)
+        held = args.hold > 0 and any(r["kind"] == "action" and r.get("action") == "power-cap" for r in outcomes)
+        if held:
+            console.print(f"holding the power caps for {args.hold:g} min (Ctrl-C or SIGTERM restores them now)")
+            time.sleep(args.hold * 60)
+    if held:
+        console.print("power caps restored")
+    return 1 if any(r["kind"] in ("refused", "failed", "not_applied") for r in outcomes) else 0
+
+
+@contextlib.contextmanager
+def _restore_on_error(caps: PowerCaps):
+    """An error (or Ctrl-C) part way through apply: the caps do not outlive it."""
+    try:
+        yield
+    except BaseException:
+        caps.restore("restored after an error in apply")
+        raise
+
+
+def _restore(args, caps: PowerCaps, slurm: SlurmNodes, audit: AuditLog) -> int:
+    bad = 0
+    recs = caps.restore("didact act restore")
+    for r in recs:
+        if r["applied"]:
+            console.print(f"restored {r['zone']} to {r['previous_uw'] / 1e6:g} W", markup=False)
+        else:
+            bad += 1
+            console.print(f"could not restore {r['zone']} ({r['error']}); run: {r['command']}", markup=False)
+    if not recs:
+        console.print("no power caps to restore")
+    if args.shed:
+        for info in shed_nodes(slurm.nodes()):
+            try:
+                unshed(slurm, info)
+                audit.append("action", action="unshed", node=info.name, by="restore", reason=info.reason)
+                console.print(f"brought back {info.name} (was: {info.reason})", markup=False)
+            except DidactError as e:
+                bad += 1
+                audit.append("failed", action="unshed", node=info.name, by="restore", error=str(e))
+                console.print(f"could not bring back {info.name}: {e}", markup=False)
+    return 1 if bad else 0
+
+
+def _textfile(settings: Settings) -> Path:
+    return Path(settings.act_metrics_textfile) if settings.act_metrics_textfile else (
+        settings.home_path / "act" / "didact_act.prom")  # fmt: skip
+
+
+def _at(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DidactError(f"--at {text!r}", "is not an ISO time", "write e.g. --at 2026-11-20T18:30:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _power(args, slurm: SlurmNodes) -> dict[str, float]:
+    if args.power is None:
+        return {n: i.watts for n, i in slurm.nodes().items() if i.watts is not None}
+    try:
+        doc = json.loads(args.power.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DidactError(f"power file {args.power}", f"cannot be read as JSON ({e})",
+                          'write {"node01": 310.5, …} (watts per node)') from None  # fmt: skip
+    return power_from_json(doc, str(args.power))
 
 
 def _events(args, settings: Settings):
+    """(events, scoring intervals or None)."""
+    if args.events is not None and args.day is not None:
+        raise DidactError("--events and --day", "both say where the events come from", "give one of them")
     if args.events is not None:
         try:
-            return json.loads(args.events.read_text())
+            return json.loads(args.events.read_text()), None
         except (OSError, json.JSONDecodeError) as e:
             raise DidactError(f"events file {args.events}", f"cannot be read as JSON ({e})",
                               'write a JSON list like [{"node": "n1", "id": 7, "ts": "2026-01-01T00:00:00Z"}]') from None  # fmt: skip
     from didact_core.data.review import ReviewQueue  # lazy: opens the warehouse only when no --events
 
-    df = ReviewQueue(settings).list(status="pending", limit=100000)
+    queue = ReviewQueue(settings)
+    if args.day is not None:
+        try:
+            start = dt.datetime.combine(dt.date.fromisoformat(args.day), dt.time(), dt.timezone.utc)
+        except ValueError:
+            raise DidactError(f"--day {args.day!r}", "is not a date", "write --day YYYY-MM-DD") from None
+        df = queue.list(status=None, limit=1_000_000, day=args.day)
+        return df, scoring_intervals(queue, start, start + dt.timedelta(days=1))
+    df = queue.list(status="pending", limit=100000)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=args.window)
-    return df[df["ts"] >= since] if not df.empty else df
+    return (df[df["ts"] >= since] if not df.empty else df), scoring_intervals(queue, since)
+
+
+def _log(audit: AuditLog, limit: int) -> int:
+    rows = audit.records()[-limit:]
+    if not rows:
+        console.print(f"no act records in {audit.path}")
+        return 0
+    console.print(table(f"act audit ({audit.path})", [_log_row(r) for r in rows]))
+    return 0
 
 
 def _log_row(r: dict) -> dict:
@@ -93,5 +221,7 @@ def _log_row(r: dict) -> dict:
         what += f" by {r['by']}"
     if detail:
         what += f": {detail}"
+    if r.get("command") and r["kind"] == "not_applied":
+        what += f"; run: {r['command']}"
     return {"time (UTC)": r["ts"][:19], "kind": r["kind"], "id": r.get("id", ""), "node": r.get("node", ""),
             "action": r.get("action", ""), "what": what, "reason": r.get("reason", "")}  # fmt: skip

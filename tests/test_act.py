@@ -11,7 +11,9 @@ import pytest
 from didact_core.act import AuditLog, NodeInfo, Observation, SlurmNodes, apply, parse_policy, plan
 from didact_core.act.planner import observations_from_events, propose
 from didact_core.errors import DidactError
+from didact_core.act.shed import suspend_rules
 from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
+from tests.test_act_shed import SHED
 
 POLICY = """
 [limits]
@@ -42,7 +44,7 @@ def policy(per_hour: int = 5, auto: bool = False):
     "text, line, words",
     [
         ('[[rule]]\nwhen = "ood_intervals >= 3"\naction = "reboot"\n', 3, "action 'reboot' is not known.*drain, resume, notify"),
-        ('[[rule]]\naction = "drain"\nwhen = "ood >> 3"\n', 3, "cannot be read.*ood_intervals >= 3"),
+        ('[[rule]]\naction = "drain"\nwhen = "ood >> 3"\n', 3, "cannot be read.*ood_consecutive >= 3"),
         ('[[rule]]\naction = "drain"\n', 1, "has no 'when'"),
         ('[limits]\ndrains_per_hour = -1\n[[rule]]\nwhen = "ood_intervals > 1"\naction = "drain"\n', 2, "whole number"),
         ('[limits]\nmax_drained_fraction = 2\n[[rule]]\nwhen = "ood_intervals > 1"\naction = "drain"\n', 2, "between 0 and 1"),
@@ -95,7 +97,7 @@ def test_observations_count_distinct_intervals_and_keep_the_newest_event():
     obs = observations_from_events([
         {"node": "n1", "id": 4, "ts": "2026-01-01T00:00:00Z"}, {"node": "n1", "id": 5, "ts": "2026-01-01T00:00:00Z"},
         {"node": "n1", "id": 9, "ts": "2026-01-01T00:01:00Z"}, {"node": "n2", "id": 2, "ood_intervals": 7}])
-    assert obs == {"n1": Observation("n1", 2, 9), "n2": Observation("n2", 7, 2)}
+    assert obs == {"n1": Observation("n1", 2, 9, ood_consecutive=2), "n2": Observation("n2", 7, 2)}
 
 
 def test_the_admins_drain_is_left_alone_and_ours_is_resumed():
@@ -259,3 +261,95 @@ def test_the_cli_plans_from_the_review_queue_applies_the_approval_and_logs(clust
     out = capsys.readouterr().out
     for word in ("proposal", "approval", "refused", "action"):
         assert word in out
+
+
+# -- shed on the real Slurm (slow; the planner's unit tests are in test_act_shed.py) -----------
+
+
+@pytest.mark.slow
+def test_a_peak_hour_shed_on_a_real_slurm_and_restore(cluster, node, tmp_path, monkeypatch, capsys):
+    """The test Slurm has no power saving (no SuspendProgram): a shed is the drain equivalent."""
+    import argparse
+    import json
+
+    from didact_assets import cli_act
+    from didact_core.config import Settings
+
+    monkeypatch.setenv("DIDACT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DIDACT_POWERCAP_ROOT", str(tmp_path / "no-powercap"))
+    settings = Settings.from_env()
+    (tmp_path / "act.toml").write_text(SHED.format(budget=100, frac=1.0))
+    (tmp_path / "power.json").write_text(json.dumps({node: 240.0}))
+    (tmp_path / "none.json").write_text("[]")
+    parser = argparse.ArgumentParser()
+    cli_act.add_parsers(parser.add_subparsers(dest="command"))
+
+    def run(*argv):
+        args = parser.parse_args(["act", *argv])
+        return args.func(args, settings)
+
+    common = ["--policy", str(tmp_path / "act.toml"), "--slurm-conf", str(cluster.conf), "--events",
+              str(tmp_path / "none.json"), "--power", str(tmp_path / "power.json"), "--at", "2026-11-20T18:30:00Z"]  # fmt: skip
+    before = SlurmNodes(conf=cluster.conf).nodes()[node]
+    assert run("plan", *common) == 0
+    assert SlurmNodes(conf=cluster.conf).nodes()[node] == before  # a dry run: state and reason unchanged
+    proposal = AuditLog.under(settings.home_path).records("proposal")[-1]
+    assert proposal["node"] == node and proposal["why"].endswith("; idle, 240 W")
+    assert proposal["id"] in capsys.readouterr().out
+    pid = proposal["id"]
+    assert run("apply", *common, "--approve", pid) == 0
+    assert "DRAIN" in cluster.node_state()
+    assert "didact: shed peak-shed cluster_watts 240" in cluster.scontrol("show", "node", node, "-o")
+    capsys.readouterr()
+    assert run("restore", "--shed", "--slurm-conf", str(cluster.conf)) == 0
+    assert f"brought back {node}" in capsys.readouterr().out and "DRAIN" not in cluster.node_state()
+    prom = (tmp_path / "home" / "act" / "didact_act.prom").read_text()
+    assert 'didact_act_actions_total{action="shed"} 1.0' in prom
+
+
+@pytest.mark.slow
+def test_slurms_suspend_rate_and_exclusions_are_read_live(cluster, node, tmp_path):
+    from didact_core.act.conditions import with_power
+
+    slurm = SlurmNodes(conf=cluster.conf)
+    rules = suspend_rules(slurm)
+    assert rules.rate_per_min == 60 and rules.method == "drain"  # Slurm's default rate; power saving off
+    assert slurm.hostnames("n[1-3],x") == ["n1", "n2", "n3", "x"]
+    conf = cluster.conf.read_text()
+    cluster.conf.write_text(conf + f"SuspendRate=5\nSuspendExcNodes={node}\n")
+    try:
+        cluster.scontrol("reconfigure")
+        rules = suspend_rules(slurm)
+        assert (rules.rate_per_min, rules.exc_nodes) == (5, {node})
+        p = parse_policy(SHED.format(budget=100, frac=1.0), "act.toml")
+        at = dt.datetime(2026, 11, 20, 18, 30, tzinfo=dt.timezone.utc)
+        props, skipped = plan(p, with_power({}, {node: 500}), slurm, AuditLog(tmp_path / "a.jsonl"), now=at)
+        assert props == [] and skipped == [("peak-shed", node, "in SuspendExcNodes")]
+    finally:
+        cluster.conf.write_text(conf)
+        cluster.scontrol("reconfigure")
+
+
+@pytest.mark.slow
+def test_with_slurms_power_saving_a_shed_is_a_power_down(tmp_path):
+    """Its own Slurm, reconfigured with SuspendProgram=/bin/true: the node is left powering down."""
+    if missing := missing_binaries():
+        pytest.skip(f"Slurm not installed ({', '.join(missing)}): {INSTALL_HINT}")
+    from didact_core.act.conditions import with_power
+
+    with start_slurm(tmp_path / "slurm") as c:
+        c.conf.write_text(c.conf.read_text() + "SuspendProgram=/bin/true\nResumeProgram=/bin/true\n"
+                          "SuspendTime=3600\nSuspendTimeout=5\nResumeTimeout=30\nSuspendRate=3\n")  # fmt: skip
+        c.scontrol("reconfigure")
+        slurm, audit = SlurmNodes(conf=c.conf), AuditLog(tmp_path / "a.jsonl")
+        p = parse_policy(SHED.format(budget=100, frac=1.0), "act.toml")
+        at = dt.datetime(2026, 11, 20, 18, 30, tzinfo=dt.timezone.utc)
+        power = with_power({}, {c.node: 300})
+        props, _ = plan(p, power, slurm, audit, now=at)
+        out = apply(p, power, slurm, audit, approve=[props[0].id], now=at)
+        assert [(r["kind"], r["method"]) for r in out] == [("action", "power_down")]
+        info = slurm.nodes()[c.node]
+        assert "POWER" in info.state and info.reason == "didact: shed peak-shed cluster_watts 300"
+        # shed by didact: a resume rule leaves it to `didact act restore --shed`
+        resume = parse_policy('[[rule]]\nwhen = "ood_intervals == 0"\naction = "resume"\nauto = true\n', "r.toml")
+        assert apply(resume, {}, slurm, audit, now=at) == []

@@ -1,20 +1,29 @@
-"""Acting on what didact sees: node drain/resume/notify through Slurm, dry run first.
+"""Acting on what didact sees: drain/resume/notify/power-cap/shed, dry run first.
 
-Owns the policy file (``policy``), the plan of proposals and their approved application
+Owns the policy file (``policy``), what a policy compares (``conditions``: OOD streaks,
+node and cluster watts, peak hours), the plan of proposals and their approved application
 with rate limits and the administrator's-drain guard (``planner``), the node controls
-under the engine's Slurm watchdog (``nodes``) and the append-only audit log (``audit``).
+under the engine's Slurm watchdog (``nodes``), RAPL power caps restored on exit
+(``powercap``), peak-hour shedding within Slurm power saving's rules (``shed``), the
+Alertmanager-style webhook (``notify``), the append-only audit log (``audit``) and its
+``didact_act_*`` metrics (``metrics``).
 """
 
 from didact_core.act.audit import AuditLog
+from didact_core.act.conditions import Observation, observations_from_events
 from didact_core.act.nodes import NodeInfo, SlurmNodes
-from didact_core.act.planner import Observation, Proposal, apply, observations_from_events, plan
+from didact_core.act.planner import Context, Proposal, apply, plan, propose
 from didact_core.act.policy import Policy, Rule, load_policy, parse_policy
+from didact_core.act.powercap import CapResult, PowerCaps
 
 __all__ = [
     "AuditLog",
+    "CapResult",
+    "Context",
     "NodeInfo",
     "Observation",
     "Policy",
+    "PowerCaps",
     "Proposal",
     "Rule",
     "SlurmNodes",
@@ -23,4 +32,5 @@ __all__ = [
     "observations_from_events",
     "parse_policy",
     "plan",
+    "propose",
 ]

@@ -14,7 +14,9 @@ import json
 import os
 from pathlib import Path
 
-KINDS = ("proposal", "approval", "refused", "action", "failed", "notify")
+#: not_applied: a power cap didact could not write (the command to run is in the record);
+#: restore: a cap's previous limit written back
+KINDS = ("proposal", "approval", "refused", "action", "failed", "notify", "not_applied", "restore")
 
 
 def now_utc() -> dt.datetime:
@@ -63,9 +65,13 @@ class AuditLog:
         found = [r for r in self.records("proposal") if r.get("id") == pid]
         return found[-1] if found else None
 
-    def drains_since(self, since: dt.datetime) -> int:
-        """Drains didact made (Slurm accepted) since ``since``."""
+    def actions_since(self, action: str, since: dt.datetime) -> int:
+        """Actions of this kind (``drain``, ``shed``) didact made (Slurm accepted) since ``since``."""
         return sum(
             1 for r in self.records("action")
-            if r.get("action") == "drain" and dt.datetime.fromisoformat(r["ts"]) >= since
+            if r.get("action") == action and dt.datetime.fromisoformat(r["ts"]) >= since
         )  # fmt: skip
+
+    def drains_since(self, since: dt.datetime) -> int:
+        """Drains didact made (Slurm accepted) since ``since``."""
+        return self.actions_since("drain", since)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from didact_core.engine.slurm import SlurmExecutor
 from didact_core.engine.slurm_records import parse_record
+from didact_core.errors import DidactError
 
 PREFIX = "didact:"
 _OUT_OF_SERVICE = ("DRAIN", "DOWN", "FAIL")
@@ -23,6 +24,14 @@ class NodeInfo:
     name: str
     state: str  # Slurm's state word, e.g. IDLE, MIXED, IDLE+DRAIN, DOWN+DRAIN
     reason: str = ""
+    partitions: tuple[str, ...] = ()
+    watts: float | None = None  # Slurm's CurrentWatts when an energy plugin reports it
+
+    @property
+    def idle(self) -> bool:
+        """In service and running nothing (IDLE, not drained, powered down or powering)."""
+        words = self.state.upper().split("+")
+        return words[0] == "IDLE" and not self.out_of_service and not any("POWER" in w for w in words)
 
     @property
     def out_of_service(self) -> bool:
@@ -54,7 +63,32 @@ class SlurmNodes:
     def nodes(self) -> dict[str, NodeInfo]:
         out = self.slurm.run(["scontrol", "show", "node", "-o"])
         recs = (parse_record(line) for line in out.splitlines() if "NodeName=" in line)
-        return {r["NodeName"]: NodeInfo(r["NodeName"], r.get("State", ""), _reason(r.get("Reason", ""))) for r in recs}
+        return {r["NodeName"]: NodeInfo(r["NodeName"], r.get("State", ""), _reason(r.get("Reason", "")),
+                                        _list(r.get("Partitions", "")), _watts(r.get("CurrentWatts", "")))
+                for r in recs}  # fmt: skip
+
+    def config(self) -> dict[str, str]:
+        """``scontrol show config`` as {key: value} (power saving: SuspendRate, SuspendExcNodes, …)."""
+        out = {}
+        for line in self.slurm.run(["scontrol", "show", "config"]).splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key.strip()] = value.strip()
+        return out
+
+    def hostnames(self, hostlist: str) -> list[str]:
+        """Slurm's hostlist (``node[01-04],gpu1``) expanded by ``scontrol show hostnames``."""
+        if not hostlist.strip() or hostlist.strip().lower() in ("(null)", "none"):
+            return []
+        return self.slurm.run(["scontrol", "show", "hostnames", hostlist]).split()
+
+    def power_down(self, node: str, reason: str) -> str:
+        """Slurm power saving's suspend (``state=power_down``; SuspendProgram runs)."""
+        return self.slurm.run(["scontrol", "update", f"nodename={node}", "state=power_down",
+                               f"reason={clean_reason(reason)}"])  # fmt: skip
+
+    def power_up(self, node: str) -> str:
+        return self.slurm.run(["scontrol", "update", f"nodename={node}", "state=power_up"])
 
     def show(self, node: str) -> str:
         """``scontrol show node -o <node>`` as it is (dry-run checks compare it)."""
@@ -68,6 +102,38 @@ class SlurmNodes:
 
     def resume(self, node: str) -> str:
         return self.slurm.run(["scontrol", "update", f"nodename={node}", "state=resume"])
+
+
+class NoSlurm:
+    """A host without Slurm (``didact act … --no-slurm``): no nodes to read, nothing to change.
+
+    Power caps and notifications still work; drain/resume/shed rules find no Slurm node."""
+
+    def nodes(self) -> dict[str, NodeInfo]:
+        return {}
+
+    def config(self) -> dict[str, str]:
+        return {}
+
+    def hostnames(self, hostlist: str) -> list[str]:
+        return [h for h in hostlist.split(",") if h.strip()]
+
+    def _refuse(self, *args) -> str:
+        raise DidactError("didact act --no-slurm", "cannot change a Slurm node", "run it without --no-slurm")
+
+    drain = resume = power_down = power_up = _refuse
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(p for p in text.split(",") if p and p.lower() != "(null)")
+
+
+def _watts(text: str) -> float | None:
+    try:
+        w = float(text)
+    except ValueError:  # n/a, (null): no energy plugin
+        return None
+    return w if w > 0 else None
 
 
 def _reason(text: str) -> str:

@@ -1,11 +1,14 @@
 """Plan and apply: policies + what didact sees + Slurm's node states → proposals → actions.
 
-``plan`` only reads (``scontrol show node``) and records its proposals in the audit log.
-``apply`` executes a proposal only when it was approved (``--approve ID``) or its rule is
-``auto``, and only if it still holds *now*: the plan is made again from the current
-observations and node states, and an approval whose condition has cleared is refused.
-Drains also pass the rate limit (drains per rolling hour) and the largest share of nodes
-out of service; a node an administrator drained or downed is never touched.
+``plan`` only reads (``scontrol show node``/``show config``) and records its proposals in
+the audit log.  ``apply`` executes a proposal only when it was approved (``--approve ID``)
+or its rule is ``auto``, and only if it still holds *now*: the plan is made again from the
+current observations and node states, and an approval whose condition has cleared is
+refused.  Drains and sheds also pass the rate limits (drains per rolling hour; Slurm's
+``SuspendRate`` per minute) and the largest share of nodes out of service; a node an
+administrator drained or downed is never touched.  ``power-cap`` writes RAPL limits on this
+host (:mod:`~didact_core.act.powercap`), ``notify`` POSTs an Alertmanager-style webhook
+(:mod:`~didact_core.act.notify`), ``shed`` suspends idle nodes (:mod:`~didact_core.act.shed`).
 """
 
 from __future__ import annotations
@@ -13,24 +16,21 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-import pandas as pd
-
+from didact_core.act import notify as webhook
 from didact_core.act.audit import AuditLog, now_utc
+from didact_core.act.conditions import Observation, cluster_metrics, in_hours, observations_from_events
 from didact_core.act.nodes import NodeInfo, SlurmNodes
 from didact_core.act.policy import Policy, Rule
+from didact_core.act.powercap import PowerCaps
+from didact_core.act.shed import SHED_PREFIX, SuspendRules, shed, shed_plan, suspend_rules
 from didact_core.errors import DidactError
 
-
-@dataclass(frozen=True)
-class Observation:
-    """What didact sees of one node: OOD intervals in the window and the newest event's id."""
-
-    node: str
-    ood_intervals: int = 0
-    event_id: int | None = None
+__all__ = ["Context", "Observation", "Proposal", "apply", "observations_from_events", "plan", "propose"]
+CLUSTER = "cluster"  # the node name of a cluster-wide notify
 
 
 @dataclass(frozen=True)
@@ -39,76 +39,128 @@ class Proposal:
     rule: str
     node: str
     action: str
-    reason: str  # what goes to Slurm (drain) or the notice (notify)
+    reason: str  # what goes to Slurm (drain/shed), the notice (notify), or the cap (power-cap)
     why: str  # the condition that holds, for people
     auto: bool
     event_id: int | None = None
+    watts: float | None = None  # power-cap: the package limit
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.rule, self.node, self.action)
 
 
-def observations_from_events(events: pd.DataFrame | Iterable[dict]) -> dict[str, Observation]:
-    """Per node: distinct OOD event timestamps (intervals) and the newest event id.
+@dataclass
+class Context:
+    """What a plan needs besides the policy and observations; the defaults fit a plain drain/resume plan."""
 
-    ``events``: rows with ``node`` and ``id`` and ``ts`` (the review queue's ``ood_events``,
-    or a JSON list); a row may give ``ood_intervals`` itself instead (then ``ts`` is not needed).
-    Pass only the events of the window you mean (the CLI: pending ones of the last minutes)."""
-    df = events if isinstance(events, pd.DataFrame) else pd.DataFrame(list(events))
-    if df.empty:
-        return {}
-    if "node" not in df:
-        raise DidactError("OOD events", "have no 'node' field", 'give each event {"node": …, "id": …, "ts": …}')
-    out = {}
-    for node, g in df.groupby("node"):
-        ids = pd.to_numeric(g["id"], errors="coerce").dropna() if "id" in g else pd.Series([], dtype=float)
-        if "ood_intervals" in g and g["ood_intervals"].notna().any():
-            n = int(g["ood_intervals"].max())
-        elif "ts" in g:
-            n = int(pd.to_datetime(g["ts"], utc=True).nunique())
-        else:
-            n = len(g)
-        out[str(node)] = Observation(str(node), n, int(ids.max()) if len(ids) else None)
-    return out
+    now: dt.datetime = field(default_factory=now_utc)
+    suspend: SuspendRules | None = None  # Slurm's power-saving rules (read when a shed rule exists)
+    shed_last_minute: int = 0
+    capped: frozenset[str] = frozenset()  # nodes with a power cap didact has not restored
 
 
-def propose(policy: Policy, observations: dict[str, Observation], nodes: dict[str, NodeInfo]):
+def propose(policy: Policy, observations: dict[str, Observation], nodes: dict[str, NodeInfo],
+            ctx: Context | None = None):  # fmt: skip
     """(proposals, skipped) — pure: no Slurm, no audit.  ``skipped``: (rule, node, why) left alone."""
+    ctx = ctx or Context()
     proposals, skipped, taken = [], [], set()
+    cluster = cluster_metrics(observations)
     for rule in policy.rules:
+        if not in_hours(rule.hours, ctx.now):
+            continue
+        if rule.cluster:
+            proposals += _cluster_rule(policy, rule, cluster, observations, nodes, ctx, skipped, taken)
+            continue
         for name in sorted(set(nodes) | set(observations)):
             obs = observations.get(name, Observation(name))
-            if not rule.holds({"ood_intervals": obs.ood_intervals}):
+            metrics = obs.metrics()
+            if not rule.holds(metrics):
                 continue
             info = nodes.get(name)
-            why = f"{rule.when} holds: {rule.metric} = {obs.ood_intervals}"
+            why = f"{rule.when} holds: {rule.metric} = {metrics[rule.metric]:g}" + _in(rule)
             if rule.action != "notify":
-                if info is None:
+                if info is None and rule.action != "power-cap":
                     skipped.append((rule.name, name, "not a Slurm node"))
                     continue
-                if info.by_admin:
+                if info is not None and info.by_admin:
                     skipped.append((rule.name, name, f"{info.state} by an administrator ({info.reason or 'no reason'})"))
                     continue
-                if (rule.action == "drain" and info.out_of_service) or (rule.action == "resume" and not info.ours):
-                    continue  # nothing to do: drained already / not drained by didact
-                if name in taken:  # one Slurm action per node and plan: the first rule wins
+                if _done(rule, info, name, ctx):
                     continue
-                taken.add(name)
-            proposals.append(_proposal(rule, name, obs, why))
+                if (name, rule.action == "power-cap") in taken:  # one Slurm action (and one cap) per node and plan
+                    continue
+                taken.add((name, rule.action == "power-cap"))
+            proposals.append(_proposal(rule, name, obs, why, metrics[rule.metric]))
     return proposals, skipped
 
 
-def _proposal(rule: Rule, node: str, obs: Observation, why: str) -> Proposal:
+def _done(rule: Rule, info: NodeInfo | None, name: str, ctx: Context) -> bool:
+    """Nothing to do: drained already / not drained by didact (or shed: ``restore --shed`` brings those
+    back) / capped already."""
+    if rule.action == "power-cap":
+        return name in ctx.capped
+    if rule.action == "resume":
+        return not info.ours or info.reason.startswith(SHED_PREFIX)
+    return rule.action == "drain" and info.out_of_service
+
+
+def _in(rule: Rule) -> str:
+    return f" in {rule.hours} UTC" if rule.hours else ""
+
+
+def _cluster_rule(policy, rule, cluster, observations, nodes, ctx, skipped, taken) -> list[Proposal]:
+    value = cluster[rule.metric]
+    if not rule.holds(cluster):
+        return []
+    why = f"{rule.when} holds: {rule.metric} = {value:g}" + _in(rule)
+    tag = Observation(CLUSTER)
+    if rule.action == "notify":
+        return [_proposal(rule, CLUSTER, tag, why, value)]
+    if rule.action == "power-cap":
+        names = [n for n in sorted(set(nodes) | set(observations)) if n not in ctx.capped
+                 and not (nodes.get(n) and nodes[n].by_admin) and (n, True) not in taken]  # fmt: skip
+        taken.update((n, True) for n in names)
+        return [_proposal(rule, n, observations.get(n, Observation(n)), why, value) for n in names]
+    # shed: idle nodes, most watts first, until the excess is covered or a limit is reached
+    free = {n: i for n, i in nodes.items() if (n, False) not in taken}
+    out_now = sum(1 for i in nodes.values() if i.out_of_service)
+    room = math.floor(policy.max_drained_fraction * len(nodes)) - out_now if nodes else 0
+    excess = value - rule.value if rule.op in (">", ">=") else None
+    chosen, left = shed_plan(free, {n: o.watts for n, o in observations.items()}, ctx.suspend or SuspendRules(),
+                             excess, rule.max_nodes, ctx.shed_last_minute, room)  # fmt: skip
+    skipped.extend((rule.name, n, w) for n, w in left)
+    taken.update((n, False) for n, _ in chosen)
+    return [_proposal(rule, n, observations.get(n, Observation(n)), f"{why}; {w}", value) for n, w in chosen]
+
+
+def _proposal(rule: Rule, node: str, obs: Observation, why: str, value: float) -> Proposal:
     event = f" (event {obs.event_id})" if obs.event_id is not None else ""
-    reason = f"didact: {rule.name} {rule.metric} {obs.ood_intervals}{event}"
+    head = "didact: shed" if rule.action == "shed" else "didact:"
+    reason = f"{head} {rule.name} {rule.metric} {value:g}{event}"
+    if rule.action == "power-cap":
+        reason += f" cap {rule.watts:g} W"
     digest = hashlib.sha1(f"{rule.name}|{node}|{rule.action}|{obs.event_id}".encode()).hexdigest()[:8]
-    return Proposal(digest, rule.name, node, rule.action, reason, why, rule.auto, obs.event_id)
+    return Proposal(digest, rule.name, node, rule.action, reason, why, rule.auto, obs.event_id, rule.watts)
 
 
-def plan(policy: Policy, observations: dict[str, Observation], slurm: SlurmNodes, audit: AuditLog | None = None):
+def context(policy: Policy, slurm: SlurmNodes, audit: AuditLog | None, caps: PowerCaps | None,
+            now: dt.datetime | None = None) -> Context:  # fmt: skip
+    """The live context: Slurm's suspend rules (only when a shed rule exists), recent sheds, active caps."""
+    now = now or now_utc()
+    ctx = Context(now=now)
+    if any(r.action == "shed" for r in policy.rules):
+        ctx.suspend = suspend_rules(slurm)
+        ctx.shed_last_minute = audit.actions_since("shed", now - dt.timedelta(minutes=1)) if audit else 0
+    if caps is not None:
+        ctx.capped = frozenset(e.get("node", caps.node) for e in caps.active().values())
+    return ctx
+
+
+def plan(policy: Policy, observations: dict[str, Observation], slurm: SlurmNodes, audit: AuditLog | None = None,
+         caps: PowerCaps | None = None, now: dt.datetime | None = None):  # fmt: skip
     """Propose (reads node states only); record the proposals in ``audit``.  (proposals, skipped)."""
-    proposals, skipped = propose(policy, observations, slurm.nodes())
+    proposals, skipped = propose(policy, observations, slurm.nodes(), context(policy, slurm, audit, caps, now))
     if audit is not None:
         for p in proposals:
             audit.append("proposal", **asdict(p))
@@ -123,12 +175,15 @@ def apply(
     approve: Iterable[str] = (),
     actor: str | None = None,
     now: dt.datetime | None = None,
+    caps: PowerCaps | None = None,
+    webhook_url: str = "",
 ) -> list[dict]:
     """Execute approved and ``auto`` proposals that still hold; every outcome is an audit record."""
     actor = actor or getpass.getuser()
     now = now or now_utc()
     nodes = slurm.nodes()
-    current, _ = propose(policy, observations, nodes)
+    ctx = context(policy, slurm, audit, caps, now)
+    current, _ = propose(policy, observations, nodes, ctx)
     by_key = {p.key: p for p in current}
     todo: list[Proposal] = []
     outcomes: list[dict] = []
@@ -148,42 +203,85 @@ def apply(
         if p.auto and p.key not in {t.key for t in todo}:
             audit.append("proposal", **asdict(p))
             todo.append(p)
-    return outcomes + _execute(policy, todo, nodes, slurm, audit, actor, now)
+    run = _Runner(policy, nodes, slurm, audit, actor, now, ctx, caps, webhook_url or policy.notify_url)
+    return outcomes + [run(p) for p in todo]
 
 
-def _execute(policy, todo, nodes, slurm, audit, actor, now) -> list[dict]:
-    out = []
-    drained_hour = audit.drains_since(now - dt.timedelta(hours=1))
-    down = {n for n, i in nodes.items() if i.out_of_service}
-    for p in todo:
-        base = {"id": p.id, "node": p.node, "action": p.action, "rule": p.rule, "by": "auto" if p.auto else actor}
+class _Runner:
+    """Executes one proposal at a time, keeping the limits' counts current between them."""
+
+    def __init__(self, policy, nodes, slurm, audit, actor, now, ctx, caps, url):
+        self.policy, self.nodes, self.slurm, self.audit, self.actor = policy, nodes, slurm, audit, actor
+        self.ctx, self.caps, self.url = ctx, caps, url
+        self.drained_hour = audit.actions_since("drain", now - dt.timedelta(hours=1))
+        self.shed_minute = ctx.shed_last_minute
+        self.down = {n for n, i in nodes.items() if i.out_of_service}
+
+    def __call__(self, p: Proposal) -> dict:
+        base = {"id": p.id, "node": p.node, "action": p.action, "rule": p.rule, "by": "auto" if p.auto else self.actor}
         if p.action == "notify":
-            out.append(audit.append("notify", **base, reason=p.reason, why=p.why))
-            continue
-        if p.action == "drain":
-            limit = _drain_limit(policy, drained_hour, down | {p.node}, len(nodes))
-            if limit:
-                out.append(audit.append("refused", **base, why=limit))
-                continue
+            return self._notify(p, base)
+        if p.action == "power-cap":
+            return self._cap(p, base)
+        limit = self._limit(p)
+        if limit:
+            return self.audit.append("refused", **base, why=limit)
         try:
-            answer = slurm.drain(p.node, p.reason) if p.action == "drain" else slurm.resume(p.node)
+            if p.action == "shed":
+                answer = shed(self.slurm, p.node, p.reason, self.ctx.suspend or SuspendRules())
+            else:
+                answer = self.slurm.drain(p.node, p.reason) if p.action == "drain" else self.slurm.resume(p.node)
         except DidactError as e:
-            out.append(audit.append("failed", **base, error=str(e)))
-            continue
-        out.append(audit.append("action", **base, reason=p.reason, slurm=answer.strip() or "ok"))
-        if p.action == "drain":
-            drained_hour += 1
-            down.add(p.node)
+            return self.audit.append("failed", **base, error=str(e))
+        if p.action == "resume":
+            self.down.discard(p.node)
         else:
-            down.discard(p.node)
-    return out
+            self.down.add(p.node)
+            self.drained_hour += p.action == "drain"
+            self.shed_minute += p.action == "shed"
+        extra = {"method": (self.ctx.suspend or SuspendRules()).method} if p.action == "shed" else {}
+        return self.audit.append("action", **base, reason=p.reason, slurm=answer.strip() or "ok", **extra)
+
+    def _limit(self, p: Proposal) -> str | None:
+        """Why a drain or shed must wait, or None."""
+        pol, total = self.policy, len(self.nodes)
+        if p.action == "drain" and self.drained_hour >= pol.drains_per_hour:
+            return f"rate limit: {self.drained_hour} drain(s) in the last hour, limits.drains_per_hour = {pol.drains_per_hour}"
+        rate = (self.ctx.suspend or SuspendRules()).rate_per_min
+        if p.action == "shed" and rate and self.shed_minute >= rate:
+            return f"rate limit: {self.shed_minute} shed(s) in the last minute, Slurm's SuspendRate = {rate}/min"
+        after = self.down | {p.node}
+        if p.action in ("drain", "shed") and total and len(after) / total > pol.max_drained_fraction:
+            return (f"{len(after)} of {total} nodes would be out of service, more than "
+                    f"limits.max_drained_fraction = {pol.max_drained_fraction}")  # fmt: skip
+        return None
+
+    def _notify(self, p: Proposal, base: dict) -> dict:
+        if not self.url:
+            return self.audit.append("notify", **base, reason=p.reason, why=p.why, sent_to="")
+        body = webhook.payload([webhook.alert(p.node, p.rule, p.action, p.reason, p.why, self.ctx.now)])
+        try:
+            status = webhook.post(self.url, body, self.policy.notify_timeout_s)
+        except DidactError as e:
+            return self.audit.append("failed", **base, error=str(e))
+        return self.audit.append("notify", **base, reason=p.reason, why=p.why, sent_to=self.url, http=status)
+
+    def _cap(self, p: Proposal, base: dict) -> dict:
+        if self.caps is None:
+            return self.audit.append("failed", **base, error="no powercap tree configured (DIDACT_POWERCAP_ROOT)")
+        if p.node != self.caps.node:  # sysfs is local: another node's cap is run there
+            cmd = self.caps.command(dict.fromkeys(self.caps.zones(), int(round(p.watts * 1e6))))
+            return self.audit.append("not_applied", **base, watts=p.watts, command=f"on {p.node}: {cmd}",
+                                     why=f"{p.node} is not this host ({self.caps.node}); run the command there")  # fmt: skip
+        try:
+            res = self.caps.apply(p.watts)
+        except (DidactError, OSError) as e:
+            return self.audit.append("failed", **base, error=str(e))
+        rec = {k: v for k, v in asdict(res).items() if k not in ("node", "applied")}
+        return self.audit.append("action" if res.applied else "not_applied", **base, **rec)
 
 
-def _drain_limit(policy: Policy, drained_hour: int, down_after: set[str], total: int) -> str | None:
-    """Why a drain must wait, or None."""
-    if drained_hour >= policy.drains_per_hour:
-        return f"rate limit: {drained_hour} drain(s) in the last hour, limits.drains_per_hour = {policy.drains_per_hour}"
-    if total and len(down_after) / total > policy.max_drained_fraction:
-        return (f"{len(down_after)} of {total} nodes would be out of service, more than "
-                f"limits.max_drained_fraction = {policy.max_drained_fraction}")  # fmt: skip
-    return None
+def shed_nodes(nodes: dict[str, NodeInfo]) -> list[NodeInfo]:
+    """Nodes out of service by a didact shed (what ``didact act restore --shed`` brings back)."""
+    return [i for i in nodes.values() if i.reason.startswith(SHED_PREFIX)]
+

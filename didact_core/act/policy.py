@@ -6,11 +6,28 @@
     drains_per_hour = 2          # didact drains in any rolling hour, all rules together
     max_drained_fraction = 0.25  # never leave more than this share of the nodes drained/down
 
+    [notify]
+    url = "http://127.0.0.1:9095/hook"   # Alertmanager-style webhook (else DIDACT_ACT_WEBHOOK_URL)
+    timeout_s = 5
+
     [[rule]]
     name = "ood-drain"
-    when = "ood_intervals >= 3"  # <metric> <op> <number>; metric: ood_intervals
-    action = "drain"             # drain | resume | notify
-    auto = false                 # true: applied without an approval
+    when = "ood_consecutive >= 3"  # <metric> <op> <number> (conditions.py lists the metrics)
+    action = "drain"               # drain | resume | notify | power-cap | shed
+    auto = false                   # true: applied without an approval
+
+    [[rule]]
+    name = "peak-shed"
+    when = "cluster_watts > 40000"
+    hours = "17:00-21:00"          # UTC; only then does the rule hold
+    action = "shed"                # idle nodes, within Slurm's SuspendRate and exclusions
+    max_nodes = 4                  # shed: at most this many per plan (optional)
+
+    [[rule]]
+    name = "hot-node"
+    when = "node_watts > 450"
+    action = "power-cap"
+    watts = 300                    # power-cap: the RAPL limit of each package, in watts
 
 Every error names the file, the line (where the TOML has one) and the key, and the fix.
 """
@@ -23,14 +40,16 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from didact_core.act.conditions import CLUSTER_METRICS, NODE_METRICS, parse_hours
 from didact_core.errors import DidactError
 
-ACTIONS = ("drain", "resume", "notify")
-METRICS = ("ood_intervals",)
+ACTIONS = ("drain", "resume", "notify", "power-cap", "shed")
+METRICS = NODE_METRICS + CLUSTER_METRICS
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
-_WHEN = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|>|<)\s*(\d+)\s*$")
-_RULE_KEYS = {"name", "when", "action", "auto"}
+_WHEN = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|>|<)\s*(\d+(?:\.\d+)?)\s*$")
+_RULE_KEYS = {"name", "when", "action", "auto", "hours", "watts", "max_nodes"}
 _LIMIT_KEYS = {"drains_per_hour", "max_drained_fraction"}
+_NOTIFY_KEYS = {"url", "timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -38,13 +57,21 @@ class Rule:
     name: str
     metric: str
     op: str
-    value: int
+    value: float
     action: str
     auto: bool = False
+    hours: str | None = None  # UTC window "HH:MM-HH:MM" the rule holds in
+    watts: float | None = None  # power-cap: the package limit
+    max_nodes: int | None = None  # shed: at most this many nodes per plan
 
     @property
     def when(self) -> str:
-        return f"{self.metric} {self.op} {self.value}"
+        return f"{self.metric} {self.op} {self.value:g}"
+
+    @property
+    def cluster(self) -> bool:
+        """The condition is on the whole cluster (``cluster_watts``), not one node."""
+        return self.metric in CLUSTER_METRICS
 
     def holds(self, metrics: dict[str, float]) -> bool:
         return OPS[self.op](metrics.get(self.metric, 0), self.value)
@@ -56,6 +83,8 @@ class Policy:
     drains_per_hour: int = 2
     max_drained_fraction: float = 0.25
     source: str = "<policy>"
+    notify_url: str = ""
+    notify_timeout_s: float = 5.0
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -77,10 +106,11 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         at = f" line {m.group(1)}" if m else ""
         raise DidactError(f"policy file {source}{at}", f"is not valid TOML: {e}",
                           "fix the syntax at that line (strings in double quotes, one key = value a line)") from None  # fmt: skip
-    unknown = set(doc) - {"rule", "limits"}
+    unknown = set(doc) - {"rule", "limits", "notify"}
     if unknown:
         key = sorted(unknown)[0]
-        raise _err(source, text, key, None, f"unknown section or key {key!r}", "use [limits] and [[rule]] only")
+        raise _err(source, text, key, None, f"unknown section or key {key!r}", "use [limits], [notify] and [[rule]] only")
+    url, timeout = _notify(source, text, doc.get("notify", {}))
     limits = doc.get("limits", {})
     if not isinstance(limits, dict):
         raise _err(source, text, "limits", None, "must be a table", "write it as a [limits] section")
@@ -102,7 +132,23 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     for i, n in enumerate(names):
         if n in names[:i]:
             raise _err(source, text, "name", i, f"rule name {n!r} is used twice", "give every rule its own name")
-    return Policy(rules, int(per_hour), float(frac), source)
+    return Policy(rules, int(per_hour), float(frac), source, url, timeout)
+
+
+def _notify(source: str, text: str, sec) -> tuple[str, float]:
+    if not isinstance(sec, dict):
+        raise _err(source, text, "notify", None, "must be a table", "write it as a [notify] section")
+    for key in sorted(set(sec) - _NOTIFY_KEYS):
+        raise _err(source, text, key, "notify", f"unknown key notify.{key}", f"use {', '.join(sorted(_NOTIFY_KEYS))}")
+    url = sec.get("url", "")
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^\s/]+", url)):
+        raise _err(source, text, "url", "notify", f"notify.url = {url!r} is not an http(s) URL",
+                   'e.g. url = "http://127.0.0.1:9095/hook" (an Alertmanager-style webhook receiver)')  # fmt: skip
+    timeout = sec.get("timeout_s", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise _err(source, text, "timeout_s", "notify", f"notify.timeout_s = {timeout!r} is not a positive "
+                   "number of seconds", "e.g. timeout_s = 5")  # fmt: skip
+    return url, float(timeout)
 
 
 def _rule(source: str, text: str, i: int, raw: dict) -> Rule:
@@ -118,15 +164,58 @@ def _rule(source: str, text: str, i: int, raw: dict) -> Rule:
     m = _WHEN.match(str(raw["when"]))
     if not m or m.group(1) not in METRICS:
         raise _err(source, text, "when", i, f"condition {raw['when']!r} cannot be read",
-                   f'write "<metric> <op> <whole number>", metric one of {", ".join(METRICS)}, op one of '
-                   f'{" ".join(OPS)} (e.g. "ood_intervals >= 3")')  # fmt: skip
+                   f'write "<metric> <op> <number>", metric one of {", ".join(METRICS)}, op one of '
+                   f'{" ".join(OPS)} (e.g. "ood_consecutive >= 3")')  # fmt: skip
+    metric = m.group(1)
+    if action == "shed" and metric not in CLUSTER_METRICS:
+        raise _err(source, text, "when", i, f"shed plans for the whole cluster, but {metric} is a node's",
+                   'write the condition on cluster_watts, e.g. when = "cluster_watts > 40000"')  # fmt: skip
+    if action in ("drain", "resume") and metric in CLUSTER_METRICS:
+        raise _err(source, text, "when", i, f"{action} acts on one node, but {metric} is the cluster's",
+                   f"use a node metric ({', '.join(NODE_METRICS)}), or action = \"shed\"")  # fmt: skip
     auto = raw.get("auto", False)
     if not isinstance(auto, bool):
         raise _err(source, text, "auto", i, f"auto = {auto!r} is not true or false", "write auto = true or auto = false")
     name = str(raw.get("name") or f"rule{i + 1}")
     if not re.fullmatch(r"[\w.-]+", name):
         raise _err(source, text, "name", i, f"rule name {name!r} has spaces or symbols", "use letters, digits, - _ .")
-    return Rule(name, m.group(1), m.group(2), int(m.group(3)), action, auto)
+    hours = raw.get("hours")
+    if hours is not None:
+        try:
+            parse_hours(hours if isinstance(hours, str) else "")
+        except ValueError:
+            raise _err(source, text, "hours", i, f"hours = {hours!r} is not a window of the day",
+                       'write hours = "17:00-21:00" (UTC, HH:MM-HH:MM; may wrap midnight)') from None  # fmt: skip
+    return Rule(name, metric, m.group(2), float(m.group(3)), action, auto, hours,
+                _watts(source, text, i, raw, action), _max_nodes(source, text, i, raw, action))  # fmt: skip
+
+
+def _watts(source: str, text: str, i: int, raw: dict, action: str) -> float | None:
+    w = raw.get("watts")
+    if action != "power-cap":
+        if w is not None:
+            raise _err(source, text, "watts", i, f"watts is for power-cap rules, this one is {action}",
+                       "remove watts, or set action = \"power-cap\"")  # fmt: skip
+        return None
+    if w is None:
+        raise _err(source, text, None, i, f"power-cap rule {i + 1} has no 'watts'",
+                   "add e.g. watts = 150 (the RAPL limit of each CPU package, in watts)")  # fmt: skip
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 10_000:
+        raise _err(source, text, "watts", i, f"watts = {w!r} is not a package limit in watts",
+                   "a number of watts between 1 and 10000, e.g. watts = 150")  # fmt: skip
+    return float(w)
+
+
+def _max_nodes(source: str, text: str, i: int, raw: dict, action: str) -> int | None:
+    n = raw.get("max_nodes")
+    if n is None:
+        return None
+    if action != "shed":
+        raise _err(source, text, "max_nodes", i, f"max_nodes is for shed rules, this one is {action}",
+                   "remove max_nodes, or set action = \"shed\"")  # fmt: skip
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise _err(source, text, "max_nodes", i, f"max_nodes = {n!r} is not a whole number ≥ 1", "e.g. max_nodes = 4")
+    return n
 
 
 def _err(source: str, text: str, key: str | None, where: int | str | None, problem: str, fix: str) -> DidactError:
