@@ -6,7 +6,10 @@ so the asset bodies stay a few lines.
   from the stored Parquet footer, no data read) of the data assets' main table, which
   Dagster's column-schema-change checks compare between materialisations;
 * inline PNG plots (markdown with a base64 data URI), shrunk to at most
-  :data:`MAX_IMAGE_BYTES` so the event log stays small.
+  :data:`MAX_IMAGE_BYTES` so the event log stays small;
+* a head re-emitted instead of rebuilt (:func:`reconciled`): published by a run that failed
+  before Dagster recorded its materialisation (a full disk between didact's commit and
+  Dagster's event write), marked ``reconciled_from_run``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import math
 import dagster as dg
 import pyarrow.parquet as pq
 
+from didact_core.config import Settings
+from didact_core.data import spine
 from didact_core.data.warehouse import VersionInfo, Warehouse
+
+#: metadata key naming the failed run whose published version a materialisation re-emits
+RECONCILED_FROM_RUN = "reconciled_from_run"
+#: a run in these states ended; if it published a version Dagster never recorded, the next run re-emits it
+_ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 #: significant digits of the numbers the UI shows
 DIGITS = 4
@@ -151,3 +161,61 @@ def evaluation_metadata(out) -> dict:
             if name == "openset" and m.get("openset_auc") is not None:
                 meta[f"{who}/openset_auc"] = float(m["openset_auc"])
     return {**ui_metadata(meta), **images(out.plots)}
+
+
+# -- reconciling the catalog with Dagster -----------------------------------------------------
+
+
+def unrecorded_publish(context, asset: str, partition: str, publisher_run_id: str | None,
+                       shown_as: tuple[str, object]) -> bool:  # fmt: skip
+    """Whether run ``publisher_run_id`` published a version of ``asset/partition`` (to the
+    catalog, or for ``champion_model`` to the registry) that Dagster never recorded: the
+    run FAILED or was CANCELED (or is this run, retrying the step), its event log holds no
+    materialisation of the partition, and the partition's latest materialisation does not
+    show that version either (metadata ``shown_as`` = (key, value), e.g. ("version", "v3"):
+    a reconciling run records it so).  Then re-emitting the version reconciles the step's
+    outcome with the published data."""
+    if not publisher_run_id:
+        return False
+    instance = context.instance
+    if publisher_run_id != context.run_id:
+        run = instance.get_run_by_id(publisher_run_id)
+        if run is None or run.status not in _ENDED_BADLY:  # unknown (another instance), running, or fine
+            return False
+    key = dg.AssetKey(asset)
+    events = instance.get_records_for_run(publisher_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    if any(e.event_log_entry.dagster_event.asset_key == key and e.event_log_entry.dagster_event.partition == partition
+           for e in events if e.event_log_entry.dagster_event is not None):  # fmt: skip
+        return False
+    latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1)
+    if latest.records:
+        meta = latest.records[0].asset_materialization.metadata
+        name, value = shown_as
+        if name in meta and getattr(meta[name], "value", meta[name]) == value:
+            return False
+    return True
+
+
+def reconciled(context, settings: Settings, asset: str, partition: str):
+    """The stored result of ``asset/partition``'s head when the run that published it failed
+    before Dagster recorded the materialisation (:func:`unrecorded_publish`) and a rebuild
+    now would start from the same inputs and code (``spine.rebuild_would_repeat``): the
+    step re-emits that version rather than recompute it.  None: build as usual."""
+    head = Warehouse(settings.home_path).head(asset, partition)
+    if head is None or not unrecorded_publish(context, asset, partition, head.run_id, ("version", f"v{head.version}")):
+        return None
+    if not spine.rebuild_would_repeat(settings, head):
+        context.log.info(f"{asset} {partition}: v{head.version} was published by run {head.run_id}, which failed "
+                         "before Dagster recorded it, but its inputs or code changed since: building anew")  # fmt: skip
+        return None
+    context.log.warning(
+        f"{asset} {partition}: reconciled — v{head.version} (data version {head.data_version}) was published by run "
+        f"{head.run_id}, which failed before Dagster recorded the materialisation (e.g. a full disk); its inputs and "
+        "code version are the current ones, so this run records that version instead of recomputing it"
+    )
+    return spine.stored_result(settings, head)
+
+
+def reconcile_metadata(version: VersionInfo, result_was_reconciled: bool) -> dict:
+    """``reconciled_from_run`` for a re-emitted version (nothing for a fresh build)."""
+    return {RECONCILED_FROM_RUN: version.run_id or "n/a"} if result_was_reconciled else {}

@@ -1,4 +1,8 @@
-"""The data spine: raw node metrics → (job labels) → AI-ready samples."""
+"""The data spine: raw node metrics → (job labels) → AI-ready samples.
+
+Each body first asks :func:`.metadata.reconciled` whether the partition's head was published
+by a run that failed before Dagster recorded it, from the inputs a build would use now: then
+it re-emits that version (``reconciled_from_run``) instead of recomputing it."""
 
 
 import dagster as dg
@@ -9,7 +13,7 @@ from didact_core.data.warehouse import Warehouse
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of, version_metadata
-from .metadata import table_metadata, ui_metadata
+from .metadata import reconcile_metadata, reconciled, table_metadata, ui_metadata
 
 #: the table whose rows and columns the UI shows (and the schema-change check compares)
 MAIN_TABLE = {"raw_node_metrics": "cpu", "job_labels": "labels", "ai_ready_metrics": "samples"}
@@ -42,14 +46,15 @@ def _executor(version) -> dict:
 def raw_node_metrics(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
     settings = didact.settings()
     day = day_of(context, settings)
-    res = pipeline.ingest_raw(settings, day, run_id=context.run_id, logger=context.log)
+    again = reconciled(context, settings, pipeline.RAW, day.isoformat())
+    res = again or pipeline.ingest_raw(settings, day, run_id=context.run_id, logger=context.log)
     meta = {"source": res.meta.get("source"), "nodes": res.nodes, "rows": res.rows,
             "missing_nodes": res.missing_nodes, "seconds": res.seconds}  # fmt: skip
     if "injected_data_faults" in res.meta:
         meta["injected_data_faults"] = res.meta["injected_data_faults"]
     return dg.MaterializeResult(
         metadata={**version_metadata(res.version), **_table(settings, res.version), **ui_metadata(meta),
-                  **_executor(res.version)},  # fmt: skip
+                  **_executor(res.version), **reconcile_metadata(res.version, again is not None)},  # fmt: skip
         data_version=dg.DataVersion(res.version.data_version),
     )
 
@@ -65,10 +70,13 @@ def raw_node_metrics(context: dg.AssetExecutionContext, didact: DidactResource) 
 )
 def job_labels(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
     settings = didact.settings()
-    res = pipeline.build_job_labels(settings, day_of(context, settings), run_id=context.run_id)
+    day = day_of(context, settings)
+    again = reconciled(context, settings, pipeline.LABELS, day.isoformat())
+    res = again or pipeline.build_job_labels(settings, day, run_id=context.run_id)
     return dg.MaterializeResult(
         metadata={**version_metadata(res.version), **_table(settings, res.version),
-                  **ui_metadata({"origin": res.origin, **res.counts})},  # fmt: skip
+                  **ui_metadata({"origin": res.origin, **res.counts}),
+                  **reconcile_metadata(res.version, again is not None)},  # fmt: skip
         data_version=dg.DataVersion(res.version.data_version),
     )
 
@@ -95,7 +103,9 @@ QUALITY_CHECK = "quality"
 )
 def ai_ready_metrics(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
     settings = didact.settings()
-    res = pipeline.build_ai_ready(settings, day_of(context, settings), run_id=context.run_id, logger=context.log)
+    day = day_of(context, settings)
+    again = reconciled(context, settings, pipeline.AI_READY, day.isoformat())
+    res = again or pipeline.build_ai_ready(settings, day, run_id=context.run_id, logger=context.log)
     cleaning = res.report.as_dict()
     check = dg.AssetCheckResult(
         check_name=QUALITY_CHECK,
@@ -115,6 +125,7 @@ def ai_ready_metrics(context: dg.AssetExecutionContext, didact: DidactResource) 
                            **{f"cleaning/{k}": v for k, v in cleaning.items()},
                            "cleaning/excluded_samples": res.excluded_samples}),  # fmt: skip
             **_executor(res.version),
+            **reconcile_metadata(res.version, again is not None),
         },
         data_version=dg.DataVersion(res.version.data_version),
         check_results=[check],

@@ -5,6 +5,7 @@ Dagster assets call these (a few lines each); the CLI and the benchmarks call th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -179,6 +180,7 @@ def ingest_raw(
             meta["injected_data_faults"] = data_faults
         if job is not None:
             meta["executor"] = job.meta
+        meta["inputs"] = _raw_inputs(source)
         version = w.commit(code_version=RAW_CODE_VERSION, run_id=run_id, metadata=meta)
     _published(wh, version, job)
     return IngestResult(version, len(seen), rows, sorted(set(missing)), time.perf_counter() - t0, meta)
@@ -282,6 +284,7 @@ def build_ai_ready(
             "excluded_samples": excluded,
             "max_unusable_fraction": settings.max_unusable_fraction,
             "labelled": labels is not None,
+            "inputs": _ai_ready_inputs(settings, upstream),
         }
         if job is not None:
             meta["executor"] = job.meta
@@ -344,14 +347,19 @@ def build_job_labels(settings: Settings, day: dt.date, run_id: str | None = None
     tables = {"labels": labels}
     if faults is not None:
         tables["faults"] = faults
+    meta = {"origin": origin, "inputs": _labels_inputs(settings, raw)}
     version = wh.write(LABELS, partition, tables, code_version=LABELS_CODE_VERSION,
-                       upstream={RAW: raw.ref}, run_id=run_id, metadata={"origin": origin})  # fmt: skip
+                       upstream={RAW: raw.ref}, run_id=run_id, metadata=meta)  # fmt: skip
+    return LabelsResult(version, origin, _label_counts(labels, faults))
+
+
+def _label_counts(labels: pd.DataFrame, faults: pd.DataFrame | None) -> dict:
     is_ex = labels["label"].astype(str) == EXCLUDE if len(labels) else pd.Series([], dtype=bool)
     counts = {"labelled_intervals": int((~is_ex).sum()), "excluded_intervals": int(is_ex.sum()),
               "flavours": int(labels.loc[~is_ex, "label"].nunique()) if len(labels) else 0}  # fmt: skip
     if faults is not None:
         counts["labelled_faults"] = len(faults)
-    return LabelsResult(version, origin, counts)
+    return counts
 
 
 def intervals_for(wh: Warehouse, partition: str, raw: VersionInfo):
@@ -387,3 +395,76 @@ def summary_row(wh: Warehouse, partition: str) -> dict:
             data_version=f"v{ai.version}:{ai.data_version}",
         )
     return row
+
+
+# -- what a version was built from: a head can be re-used instead of rebuilt --------------------
+# Each version records under metadata "inputs" what shaped it (code version, upstream heads,
+# the settings and source that decide its content).  When the head's inputs equal what a
+# build would use now, rebuilding gives the same data: the Dagster layer re-emits the head
+# instead (a run that published it but failed before Dagster recorded it: issue 15, fault 6).
+
+
+def _raw_inputs(source: TelemetrySource) -> dict:
+    # "api" says which Prometheus API a fetch chose ("auto" before the first): not an input
+    return {"code_version": RAW_CODE_VERSION, "source": {k: v for k, v in source.describe().items() if k != "api"}}
+
+
+def _labels_inputs(settings: Settings, raw: VersionInfo) -> dict:
+    csv = None
+    if settings.labels_csv:
+        path = Path(settings.labels_csv)
+        try:
+            st = path.stat()
+            csv = {"path": str(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:
+            csv = {"path": str(path), "missing": True}
+    return {"code_version": LABELS_CODE_VERSION, "upstream": {RAW: raw.ref}, "labels_csv": csv,
+            "allow_overlap": bool(settings.labels_allow_overlap)}  # fmt: skip
+
+
+def _ai_ready_inputs(settings: Settings, upstream: dict) -> dict:
+    features = check_features(settings.features)
+    return {"code_version": AI_READY_CODE_VERSION, "upstream": upstream, "window": settings.window,
+            "features": list(feature_columns(features, settings.window)),
+            "max_unusable_fraction": settings.max_unusable_fraction}  # fmt: skip
+
+
+def current_inputs(settings: Settings, asset: str, partition: str) -> dict | None:
+    """What a build of ``asset/partition`` would start from now (None: its upstream is missing)."""
+    if asset == RAW:
+        return _raw_inputs(make_source(settings))
+    wh = Warehouse(settings.home_path)
+    raw = wh.head(RAW, partition)
+    if raw is None or asset not in (LABELS, AI_READY):
+        return None
+    if asset == LABELS:
+        return _labels_inputs(settings, raw)
+    lab = wh.head(LABELS, partition)
+    return _ai_ready_inputs(settings, {RAW: raw.ref, **({LABELS: lab.ref} if lab else {})})
+
+
+def rebuild_would_repeat(settings: Settings, version: VersionInfo) -> bool:
+    """Whether building ``version``'s partition now would start from exactly what it was built
+    from (versions written before inputs were recorded: never)."""
+    recorded = version.metadata.get("inputs")
+    now = current_inputs(settings, version.asset, version.partition)
+    # compare as stored: the catalog keeps metadata as JSON (tuples become lists)
+    return recorded is not None and now is not None and json.loads(json.dumps(now, default=str)) == recorded
+
+
+def stored_result(settings: Settings, version: VersionInfo) -> IngestResult | LabelsResult | AiReadyResult:
+    """The result a build of ``version`` returned, rebuilt from what the catalog stored."""
+    meta, wh = version.metadata, Warehouse(settings.home_path)
+    if version.asset == RAW:
+        return IngestResult(version, meta.get("nodes", 0), meta.get("rows", 0), meta.get("missing_nodes", []), 0.0, meta)
+    if version.asset == LABELS:
+        labels = wh.read(LABELS, version.partition, "labels", version.version)
+        faults = wh.read(LABELS, version.partition, "faults", version.version) if "faults" in version.tables else None
+        return LabelsResult(version, meta.get("origin", ""), _label_counts(labels, faults))
+    if version.asset != AI_READY:
+        raise DidactError(f"asset {version.asset}", "is not a data-spine asset", f"use one of {RAW}, {LABELS}, {AI_READY}")
+    cleaning = meta.get("cleaning", {})
+    report = CleaningReport(**{f.name: cleaning.get(f.name, 0) for f in dataclasses.fields(CleaningReport)})
+    return AiReadyResult(version, report, wh.require(RAW, version.partition), bool(meta.get("labelled")), 0.0,
+                         meta.get("max_unusable_fraction", settings.max_unusable_fraction),
+                         meta.get("excluded_samples", 0))  # fmt: skip
