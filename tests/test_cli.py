@@ -36,9 +36,10 @@ def test_version(capsys):
         ("record", ["--minutes", "--segments", "--flavours", "--set", "--segment-seconds", "--out", "--prometheus-url",
                     "--node-name", "--seed", "--io-dir"]),
         ("ingest", ["--labels", "--day", "--prometheus-url"]),
+        ("export", ["--labels", "--segments", "--out"]),
         ("serve", ["--port"]),
-        ("evaluate", ["--days", "--test-days", "--cross", "--seeds", "--seed", "--holdout", "--max-train", "--max-test",
-                      "--epochs", "--openset-epochs"]),
+        ("evaluate", ["--days", "--test-days", "--train-labels", "--test-labels", "--cross", "--seeds", "--seed",
+                      "--holdout", "--max-train", "--max-test", "--epochs", "--openset-epochs"]),
     ],
 )  # fmt: skip
 def test_each_testbed_action_has_its_own_options_and_help(capsys, action, options):
