@@ -17,7 +17,7 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
-from didact_assets import cli_backfill
+from didact_assets import backfill
 from didact_assets.assets import telemetry
 from didact_assets.cli import main as didact
 from didact_assets.definitions import defs
@@ -138,9 +138,9 @@ def test_status_follows_each_day_to_the_end(settings, didact_env, capsys, monkey
 
 
 def test_the_eta_is_the_pace_so_far():
-    assert cli_backfill.eta(started=0.0, finished=1, total=3, now=60.0) == "ETA 2m00s"
-    assert cli_backfill.eta(started=0.0, finished=0, total=3, now=60.0) == ""
-    assert cli_backfill.eta(started=0.0, finished=1, total=40, now=600.0) == "ETA 6h30m"
+    assert backfill.eta(started=0.0, finished=1, total=3, now=60.0) == "ETA 2m00s"
+    assert backfill.eta(started=0.0, finished=0, total=3, now=60.0) == ""
+    assert backfill.eta(started=0.0, finished=1, total=40, now=600.0) == "ETA 6h30m"
 
 
 def test_ctrl_c_stops_following_and_leaves_the_backfill_running(settings, didact_env, capsys):
@@ -176,7 +176,7 @@ def test_a_real_daemon_runs_a_backfill_launched_here(settings, didact_env, capsy
                               start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not cli_backfill.daemon_running(ensure_instance(settings)):
+        while not backfill.daemon_running(ensure_instance(settings)):
             assert daemon.poll() is None and time.monotonic() < deadline, "the daemon did not start"
             time.sleep(1)
         rc, out = run(capsys, "--from", D1, "--to", D2, "--asset", "raw_node_metrics,job_labels,ai_ready_metrics")
