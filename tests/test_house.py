@@ -1,7 +1,8 @@
 """The house rules of didact_core, checked on its source.
 
 * Stages depend one way: ground ← ingest ← data ← learn ← serve and testbed; power may
-  use ingest and data. No import circles, not even through function-local imports.
+  use ingest and data; cluster may use learn and below, and only serve, testbed and act
+  use cluster. No import circles, not even through function-local imports.
 * No Dagster in didact_core; imports at the top of a module except optional heavy
   libraries, each lazy import with a one-line reason.
 * Modules stay small enough to read (≤ ~500 lines) and functions short (≤ ~80 lines).
@@ -26,9 +27,10 @@ ALLOWED = {
     "data": {"ground", "ingest"},
     "learn": {"ground", "ingest", "data"},
     "power": {"ground", "ingest", "data"},
-    "serve": {"ground", "ingest", "data", "learn", "power"},
-    "testbed": {"ground", "ingest", "data", "learn", "power"},
-    "act": {"ground", "ingest", "data", "learn", "power"},
+    "cluster": {"ground", "ingest", "data", "learn"},
+    "serve": {"ground", "ingest", "data", "learn", "power", "cluster"},
+    "testbed": {"ground", "ingest", "data", "learn", "power", "cluster"},
+    "act": {"ground", "ingest", "data", "learn", "power", "cluster"},
 }
 #: third-party libraries that may be imported inside a function (start-up time), with a reason
 LAZY_OK = {"torch", "mlflow", "sklearn", "matplotlib", "pyarrow", "pynvml", "scipy", "requests", "cramjam"}

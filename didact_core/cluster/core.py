@@ -1,0 +1,212 @@
+"""The cluster model's arithmetic for one timestep (numpy, vectorised over nodes and jobs).
+
+Shared by batch scoring (a day's :class:`~didact_core.cluster.frames.ScoreTensor`, one step
+at a time) and live scoring (one interval), so both give the same numbers.
+
+Per node: ``a = clip((log error − median) / scale, 0, ∞)`` against the clean days' robust
+statistics, and its *excess* ``x = clip(a − excess_z, 0, excess_cap)`` (normal jitter → 0;
+one wild node adds at most ``excess_cap``); the same for the node's latent deviation (its
+distance to a slow EMA of its own latent: a state the detector finds normal, e.g. idle, but
+that a whole rack enters at once), and the node's excess is the larger of the two.  Per scope (the whole cluster, each rack): the
+mean excess over its scored nodes, smoothed over time (EMA), then put in units of the clean
+days (``(s − q50) / (q99 − q50)``: 1.0 = a clean day's 99th percentile).  The incident score
+is the largest of the cluster's and every rack's score: a filesystem stall lifts the cluster,
+a rack event lifts its rack.
+
+Per job (≥ ``min_peers`` members scored): each member's latent distance to the job's median
+latent and its log error against the job's median, each as a robust z over the job's peers
+(MAD, with a floor learnt on clean days so identical peers do not divide by ~0); the peer
+score is the larger of the two, smoothed per (job, node) over time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+_MAD = 1.4826  # MAD → standard deviation of a normal
+
+
+@dataclass
+class Calibration:
+    """What fitting learns (plain floats, JSON-able).  ``raw()``: identity units, no floors —
+    the scorer then returns raw smoothed values (how ``fit`` collects them)."""
+
+    err_median: float = 0.0
+    err_scale: float = 1.0
+    lat_median: float = 0.0
+    lat_scale: float = 1.0
+    cluster_q50: float = 0.0
+    cluster_unit: float = 1.0
+    rack_q50: float = 0.0
+    rack_unit: float = 1.0
+    #: incident threshold on the incident score (and the hysteresis's lower end)
+    threshold: float = float("inf")
+    low_threshold: float = float("inf")
+    peer_lat_floor: float = 1e-6
+    peer_err_floor: float = 1e-6
+    peer_threshold: float = float("inf")
+
+    def to_dict(self) -> dict:
+        return {k: (None if not np.isfinite(v) else float(v)) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (float("inf") if v is None else float(v)) for k, v in d.items() if k in names})
+
+    def blend(self, new: "Calibration", weight: float) -> "Calibration":
+        """``(1 − weight)·self + weight·new`` field by field (continual training)."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(new, f.name)
+            out[f.name] = b if not (np.isfinite(a) and np.isfinite(b)) else (1 - weight) * a + weight * b
+        return Calibration(**out)
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """The hyperparameters the step arithmetic needs (a subset of ClusterConfig)."""
+
+    excess_z: float = 2.0
+    excess_cap: float = 3.0
+    alpha: float = 0.5
+    min_peers: int = 3
+    peer_alpha: float = 0.3
+    peer_cap: float = 50.0
+    lat_beta: float = 0.05
+    lat_weight: float = 1.0
+
+
+def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibration, p: StepParams) -> np.ndarray:
+    """Per-node excess anomaly (NaN where the node has no score): the larger of the error's
+    and (× ``lat_weight``) the latent deviation's excess over ``excess_z`` robust sd."""
+    le = np.log(np.maximum(error, 1e-12))
+    a = np.maximum((le - cal.err_median) / cal.err_scale, 0.0)
+    x = np.clip(a - p.excess_z, 0.0, p.excess_cap)
+    if deviation is not None and p.lat_weight > 0:
+        b = np.maximum((deviation - cal.lat_median) / cal.lat_scale, 0.0)
+        xl = p.lat_weight * np.clip(b - p.excess_z, 0.0, p.excess_cap)
+        x = np.maximum(x, np.where(np.isfinite(xl), xl, 0.0))
+    return np.where(np.isfinite(error), x, np.nan)
+
+
+def deviation_step(latent: np.ndarray, baseline: np.ndarray | None, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(each node's latent distance to its own slow baseline, the updated baseline).
+
+    The baseline is an EMA (weight ``beta``) of the node's latent: a node whose job changes
+    deviates for a while on its own; an incident moves many nodes at once."""
+    if latent.shape[1] == 0:
+        return np.full(latent.shape[0], np.nan), latent
+    if baseline is None:
+        baseline = np.full(latent.shape, np.nan)
+    ok = np.isfinite(latent).all(axis=1)
+    fresh = ok & ~np.isfinite(baseline).all(axis=1)
+    baseline = np.where(fresh[:, None], latent, baseline)
+    dev = np.where(ok, np.linalg.norm(latent - baseline, axis=1), np.nan)
+    baseline = np.where(ok[:, None], baseline + beta * (latent - baseline), baseline)
+    return dev, baseline
+
+
+def deviations(latent: np.ndarray, beta: float) -> np.ndarray:
+    """(T, N) latent deviations of a (T, N, d) stretch, stepping :func:`deviation_step`."""
+    out = np.full(latent.shape[:2], np.nan)
+    base = None
+    for t in range(latent.shape[0]):
+        out[t], base = deviation_step(latent[t].astype(np.float64), base, beta)
+    return out
+
+
+def scope_means(x: np.ndarray, onehot: np.ndarray) -> tuple[float, np.ndarray]:
+    """(cluster mean, per-rack means) of a node vector, ignoring NaN (NaN for an empty scope)."""
+    ok = np.isfinite(x)
+    xs = np.where(ok, x, 0.0)
+    n = ok.sum()
+    cluster = float(xs.sum() / n) if n else float("nan")
+    counts = ok.astype(np.float64) @ onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        racks = np.where(counts > 0, (xs @ onehot) / np.maximum(counts, 1.0), np.nan)
+    return cluster, racks
+
+
+def ema(prev: np.ndarray | None, new: np.ndarray, alpha: float) -> np.ndarray:
+    """One EMA step; a missing (NaN) new value keeps the previous, a missing previous takes the new."""
+    if prev is None:
+        return new.copy()
+    out = alpha * new + (1 - alpha) * prev
+    out = np.where(np.isfinite(prev), out, new)
+    return np.where(np.isfinite(new), out, prev)
+
+
+@dataclass
+class PeerStep:
+    """One step's peer scores: ``rows`` index the active membership rows given."""
+
+    rows: np.ndarray
+    score: np.ndarray
+    #: per job in the step: the peers' robust spread of latent distance and of log error
+    lat_spread: np.ndarray
+    err_spread: np.ndarray
+
+
+def _group(jc: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(group of each row, position within its group, groups, max size) for rows sorted by job."""
+    _, start, cnt = np.unique(jc, return_index=True, return_counts=True)
+    g = np.repeat(np.arange(len(cnt)), cnt)
+    pos = np.arange(len(jc)) - np.repeat(start, cnt)
+    return g, pos, len(cnt), int(cnt.max())
+
+
+def nan_median(M: np.ndarray) -> np.ndarray:
+    """Median over axis 1 ignoring NaN (every slice has a value): np.nanmedian is slow on small arrays."""
+    S = np.sort(M, axis=1)  # NaN sort last
+    n = np.isfinite(M).sum(axis=1, keepdims=True)
+    lo = np.take_along_axis(S, (n - 1) // 2, axis=1)
+    hi = np.take_along_axis(S, n // 2, axis=1)
+    return ((lo + hi) / 2).squeeze(1)
+
+
+def _robust_z(values: np.ndarray, g: np.ndarray, pos: np.ndarray, G: int, K: int, floor: float, two_sided: bool):
+    """Robust z of each row's value against its group's median and MAD (floored)."""
+    M = np.full((G, K), np.nan)
+    M[g, pos] = values
+    med = nan_median(M)
+    spread = _MAD * nan_median(np.abs(M - med[:, None]))
+    dev = values - med[g]
+    if two_sided:
+        dev = np.abs(dev)
+    return dev / np.maximum(spread[g], floor), spread
+
+
+def peer_step(
+    le: np.ndarray, lat: np.ndarray, job_code: np.ndarray, node_index: np.ndarray, cal: Calibration, p: StepParams,
+) -> PeerStep:
+    """Peer scores of the active membership rows (``job_code``, ``node_index``) at one step.
+
+    Rows whose node has no score, and jobs with fewer than ``min_peers`` scored members, get none."""
+    empty = PeerStep(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+    if not len(job_code):
+        return empty
+    ok = np.isfinite(le[node_index])
+    if lat.shape[1]:
+        ok &= np.isfinite(lat[node_index]).all(axis=1)
+    rows = np.flatnonzero(ok)
+    counts = np.bincount(job_code[rows], minlength=int(job_code.max()) + 1)
+    rows = rows[counts[job_code[rows]] >= p.min_peers]
+    if not len(rows):
+        return empty
+    rows = rows[np.argsort(job_code[rows], kind="stable")]
+    ni = node_index[rows]
+    g, pos, G, K = _group(job_code[rows])
+    ze, err_spread = _robust_z(le[ni], g, pos, G, K, cal.peer_err_floor, two_sided=True)
+    if lat.shape[1]:
+        L = np.full((G, K, lat.shape[1]), np.nan)
+        L[g, pos] = lat[ni]
+        centre = nan_median(L)
+        dist = np.linalg.norm(lat[ni] - centre[g], axis=1)
+        zd, lat_spread = _robust_z(dist, g, pos, G, K, cal.peer_lat_floor, two_sided=False)
+        score = np.maximum(zd, ze)
+    else:
+        score, lat_spread = ze, np.zeros(G)
+    return PeerStep(rows, np.clip(score, 0.0, p.peer_cap), lat_spread, err_spread)
