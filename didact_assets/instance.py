@@ -10,16 +10,26 @@ claims a slot: each run records its orchestrating process (host, pid, start time
 and a run whose process on this host is gone is marked failed and its slots are freed
 (:func:`end_dead_runs`).  Runs of another host are left to that host (and to the
 daemon's run monitoring).
+
+An instance on PostgreSQL (``deploy/dagster/dagster.yaml``) is tried once before Dagster
+opens it (:func:`check_postgres`): a server that is down, refuses or never answers is a
+:class:`DidactError` naming the URL (password hidden) and the fix within about
+:data:`PG_CONNECT_TIMEOUT_S`, not dagster-postgres' "too many retries" after its own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy as sa
+import yaml
+from dagster_postgres.utils import DagsterPostgresException, pg_url_from_config
 
 from didact_core.config import Settings, ensure_home
+from didact_core.errors import DidactError
 from didact_core.learn.stale_runs import process_gone, process_identity
 
 DAGSTER_YAML = """\
@@ -56,7 +66,90 @@ def ensure_instance(settings: Settings) -> dg.DagsterInstance:
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)
-    return dg.DagsterInstance.get()
+    url = postgres_url(cfg)
+    if url is None:
+        return dg.DagsterInstance.get()
+    check_postgres(url)  # one bounded try: a down server is named now, not after dagster-postgres' retries
+    try:
+        return dg.DagsterInstance.get()
+    except (DagsterPostgresException, sa.exc.SQLAlchemyError) as e:
+        raise _postgres_error(url, e) from None
+
+
+#: seconds one connection attempt to Dagster's PostgreSQL may take (when the URL sets none)
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def _resolved(value):
+    """A dagster.yaml value with ``{env: NAME}`` replaced by the variable's value."""
+    if isinstance(value, Mapping):
+        if set(value) == {"env"}:
+            return dg.EnvVar(value["env"]).get_value("")
+        return {k: _resolved(v) for k, v in value.items()}
+    return value
+
+
+def postgres_url(cfg: Path) -> str | None:
+    """The PostgreSQL URL of the instance that ``cfg`` (a dagster.yaml) describes; None for
+    another storage (the SQLite default)."""
+    doc = yaml.safe_load(cfg.read_text()) or {}
+    for key in ("storage", "run_storage", "event_log_storage", "schedule_storage"):
+        section = doc.get(key)
+        if not isinstance(section, Mapping):
+            continue
+        pg = section.get("postgres")
+        if pg is None and "Postgres" in str(section.get("class", "")):  # the long form: module, class, config
+            pg = section.get("config")
+        if isinstance(pg, Mapping):
+            url = pg_url_from_config(_resolved(dict(pg)))
+            if not url:
+                raise DidactError(f"Dagster instance {cfg}", "uses PostgreSQL but its URL is empty",
+                                  "set DAGSTER_PG_URL (deploy/dagster/README.md)")  # fmt: skip
+            return url
+    return None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
+
+
+def _postgres_error(url: str, e: BaseException) -> DidactError:
+    cause = e.__cause__ or e
+    detail = " ".join(str(getattr(cause, "orig", None) or cause).split())[:300]
+    return DidactError(
+        f"Dagster's PostgreSQL at {shown_url(url)}",
+        f"cannot be reached: {detail}",
+        "start the server (systemctl start postgresql, or pg_ctl start), check host, port, user and "
+        "password in DAGSTER_PG_URL (deploy/dagster/README.md), or move dagster.yaml away to use the "
+        "local SQLite instance",
+    )
+
+
+def check_postgres(url: str, timeout_s: float = PG_CONNECT_TIMEOUT_S) -> None:
+    """Connect once to Dagster's PostgreSQL: a :class:`DidactError` naming the URL (no
+    password) and the fix within about ``timeout_s`` when it is down, refuses or is silent."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise DidactError(f"DAGSTER_PG_URL {shown_url(url)}", f"is not a database URL ({e})",
+                          "use postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DB?connect_timeout=10") from None  # fmt: skip
+    args = {} if "connect_timeout" in parsed.query else {"connect_timeout": max(1, int(timeout_s))}
+    try:
+        engine = sa.create_engine(parsed, poolclass=sa.pool.NullPool, connect_args=args)
+    except ModuleNotFoundError as e:  # postgresql:// means psycopg 3 to SQLAlchemy 2.1
+        raise DidactError(f"DAGSTER_PG_URL {shown_url(url)}", f"needs a driver that is not installed ({e})",
+                          "write the scheme as postgresql+psycopg2:// (dagster-postgres brings psycopg2)") from None  # fmt: skip
+    try:
+        with engine.connect():
+            pass
+    except (sa.exc.SQLAlchemyError, OSError) as e:
+        raise _postgres_error(url, e) from None
+    finally:
+        engine.dispose()
 
 
 def mark_run_process(instance: dg.DagsterInstance, run_id: str) -> None:

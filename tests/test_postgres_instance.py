@@ -2,7 +2,9 @@
 
 A throwaway PostgreSQL 15 cluster (:mod:`tests.postgres_cluster`); a Dagster instance
 loaded from the deploy file materialises a one-line asset, and the run is in Postgres.
-A server that is down, or one that never answers, is an error within a bounded time.
+A server that is down, or one that never answers, is an error within a bounded time;
+opened through didact (``ensure_instance``) a down server is a DidactError that names the
+URL (password hidden) and the fix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from didact_assets.instance import ensure_instance, postgres_url
+from didact_core.config import Settings
+from didact_core.errors import DidactError
 from tests.postgres_cluster import INSTALL_HINT, pg_bin, start_postgres
 
 pytestmark = pytest.mark.slow
@@ -99,3 +104,36 @@ def test_a_dead_or_silent_server_fails_the_instance_in_bounded_time(tmp_path, mo
         with pytest.raises(Exception, match=r"(?i)timeout|too many retries|could not connect"):
             dg.DagsterInstance.from_config(str(home)).get_runs()
         assert time.monotonic() - started < 60
+
+
+def test_postgres_down_is_a_didact_error_naming_the_url_and_the_fix(postgres, tmp_path, monkeypatch):
+    """didact's own entry (ensure_instance, as `didact ui` / `didact demo` open it): one bounded
+    try, then a DidactError with the URL (password hidden) and the fix, not "too many retries"."""
+    home = instance_home(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    url = f"{PG}://postgres:s3cret@127.0.0.1:{postgres.port}/dagster"
+    monkeypatch.setenv("DAGSTER_PG_URL", url)
+    settings = Settings(home=str(tmp_path / "didact"))
+    ensure_instance(settings).dispose()  # up: the instance opens
+    assert postgres_url(home / "dagster.yaml") == url
+    postgres.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DidactError) as e:
+            ensure_instance(settings)
+        assert time.monotonic() - started < 30
+    finally:
+        postgres.start()
+    msg = str(e.value)
+    assert f"postgres:***@127.0.0.1:{postgres.port}/dagster" in msg and "s3cret" not in msg
+    assert "cannot be reached" in msg and "pg_ctl start" in msg and "too many retries" not in msg
+
+    monkeypatch.setenv("DAGSTER_PG_URL", url.replace("+psycopg2", ""))  # psycopg 3 is not installed
+    with pytest.raises(DidactError, match=r"postgresql\+psycopg2://"):
+        ensure_instance(settings)
+
+
+def test_the_sqlite_instance_needs_no_postgres(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    ensure_instance(Settings(home=str(tmp_path / "didact"))).dispose()  # didact's own dagster.yaml: SQLite
+    assert postgres_url(tmp_path / "dagster" / "dagster.yaml") is None

@@ -8,8 +8,14 @@ minute and the controller checks limits every 30 s, so the Slurm time-limit case
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+
 import pytest
 
 from didact_core.engine import (
@@ -18,12 +24,14 @@ from didact_core.engine import (
     FAILED,
     RUNNING,
     TIMEOUT,
+    JobHandle,
     JobRequest,
     LocalExecutor,
     Resources,
     SlurmExecutor,
     duration_s,
     make_executor,
+    prune_staging,
     submitted,
 )
 from didact_core.engine.slurm import sbatch_argv
@@ -37,6 +45,8 @@ from didact_core.engine.slurm_records import (
 )
 from didact_core.errors import DidactError
 from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
+
+from .conftest import REPO
 
 WAIT_S = 120
 
@@ -152,6 +162,46 @@ def test_an_interrupted_caller_cancels_its_tasks(executor, tmp_path):
     assert time.monotonic() - started < 30
 
 
+#: a plain process that waits on a job: prints the job id, then waits (no signal handler of its own)
+WAITER = """
+import sys
+from pathlib import Path
+from didact_core.engine import JobRequest, make_executor, submitted
+kind, conf, logs = sys.argv[1:4]
+ex = make_executor(kind, slurm_conf=conf or None, poll_s=0.2)
+req = JobRequest("waiter", ("bash", "-c", "echo $$ > " + logs + "/pid; exec sleep 300"), Path(logs))
+with submitted(ex, req) as handle:
+    print(handle.job_id, flush=True)
+    ex.wait(handle)
+"""
+
+
+def test_sigterm_to_the_waiting_process_cancels_its_job(executor, tmp_path):
+    """The run worker or step process gets SIGTERM (a service stop, a plain process): the job
+    is cancelled before the process ends, and the process still ends by SIGTERM."""
+    conf = str(executor.conf) if isinstance(executor, SlurmExecutor) else ""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", WAITER, executor.name, conf, str(logs)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    job_id = proc.stdout.readline().strip()
+    deadline = time.monotonic() + 60
+    while not (logs / "pid").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the task did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM
+    if isinstance(executor, SlurmExecutor):
+        req = JobRequest("waiter", ("true",), logs)
+        assert executor.wait(JobHandle(job_id, "slurm", req), timeout_s=60).states() == {CANCELLED: 1}
+    else:
+        pid = int((logs / "pid").read_text())
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+            assert time.monotonic() < deadline, f"task process {pid} still runs"
+            time.sleep(0.2)
+
+
 # -- local only ----------------------------------------------------------------------------
 
 
@@ -265,3 +315,35 @@ def test_a_stopped_controller_is_a_clear_error_then_jobs_run_again(slurm_cluster
         slurm_cluster.start_controller()
     assert ex.wait(ex.submit(JobRequest("after", ("true",), tmp_path / "logs")), timeout_s=WAIT_S).ok
     assert ex.poll(handle).ok  # the saved state still knows the earlier job
+
+
+# -- staging folders --------------------------------------------------------------------------
+
+
+def test_prune_staging_removes_only_folders_untouched_for_days(tmp_path):
+    home = tmp_path / "home"
+    old, fresh, touched = (home / "staging" / "raw_node_metrics" / "2026-02-09" / k for k in ("old", "new", "mix"))
+    for folder in (old, fresh, touched):
+        (folder / "blocks").mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+        (folder / "blocks" / "part.parquet").write_bytes(b"x")
+    ten_days_ago = time.time() - 10 * 86400
+    for p in [*old.rglob("*"), old, *touched.rglob("*"), touched]:
+        os.utime(p, (ten_days_ago, ten_days_ago))
+    (touched / "blocks" / "part.parquet").touch()  # a job wrote here now: kept
+
+    assert prune_staging(home, 7) == [old]
+    assert sorted(p.name for p in old.parent.iterdir()) == ["mix", "new"]
+    assert prune_staging(home, 7, now=time.time() + 30 * 86400) == [touched, fresh]
+    assert not (home / "staging").exists() or not any((home / "staging").iterdir())  # empty parents too
+    with pytest.raises(DidactError, match="more than 0"):
+        prune_staging(home, 0)
+    assert prune_staging(tmp_path / "no-home", 7) == []
+
+
+def test_didact_prune_takes_the_staging_age():
+    from didact_assets.cli import build_parser
+
+    args = build_parser().parse_args(["prune", "--keep", "2", "--staging-days", "3"])
+    assert (args.keep, args.staging_days) == (2, 3)
+    assert build_parser().parse_args(["prune", "--keep", "2"]).staging_days == 7

@@ -7,11 +7,22 @@ from didact_core.learn.code_versions import EVAL_CODE_VERSION, TRAIN_CODE_VERSIO
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of
-from .metadata import champion_metadata, evaluation_metadata, rounded
+from .metadata import champion_metadata, evaluation_metadata, rounded, ui_metadata
 from .review import ood_review
 from .telemetry import ai_ready_metrics
 
 PROMOTION_GATE = "promotion_gate"
+
+
+def job_metadata(job: dict | None) -> dict:
+    """Where the training ran when not in this process (DIDACT_EXECUTOR=slurm): job id, state,
+    node, elapsed, exit code and log."""
+    if not job:
+        return {}
+    out = ui_metadata({f"{job['executor']}/{k}": job.get(k) for k in
+                       ("job_id", "states", "nodes", "elapsed_s", "tasks", "gpus", "trained_on")})  # fmt: skip
+    out[f"{job['executor']}/log_dir"] = dg.MetadataValue.path(job["log_dir"])
+    return out
 
 #: day D trains from the champion that day D-1 left: a backfill runs the days in order
 _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
@@ -42,7 +53,13 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
 
     settings = didact.settings()
     day = day_of(context, settings).isoformat()
-    out = continual.train_day(settings, day, run_id=context.run_id, logger=context.log)
+    job = None
+    if settings.executor == "slurm":  # the fit as one Slurm job; registration and the gate stay here
+        from didact_core.learn import job as training_job  # lazy: imports torch, as continual does
+
+        out, job = training_job.train_day_as_job(settings, day, run_id=context.run_id, logger=context.log)
+    else:
+        out = continual.train_day(settings, day, run_id=context.run_id, logger=context.log)
     gate = dg.AssetCheckResult(
         check_name=PROMOTION_GATE,
         passed=out.gate.passed,
@@ -51,7 +68,7 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
         metadata={"gate": dg.MetadataValue.json(rounded(out.gate.metadata()))},
     )
     return dg.MaterializeResult(
-        metadata=champion_metadata(out),
+        metadata={**champion_metadata(out), **job_metadata(job)},
         data_version=dg.DataVersion(f"m{out.version.version}"),
         check_results=[gate],
     )

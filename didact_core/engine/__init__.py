@@ -8,7 +8,7 @@ task), ``cancel``.  :func:`submitted` cancels the job when the caller is interru
 
 Modules: ``base`` (the shapes, the wait loop), ``local`` (processes), ``slurm`` (the
 ``sbatch`` client; why no library: its docstring), ``slurm_records`` (Slurm's text forms),
-``executors`` (choose one by name).
+``executors`` (choose one by name), ``staging`` (jobs' folders under the shared home, pruned by age).
 """
 
 from didact_core.engine.base import (
@@ -34,6 +34,7 @@ from didact_core.engine.base import (
 from didact_core.engine.executors import EXECUTORS, make_executor
 from didact_core.engine.local import LocalExecutor
 from didact_core.engine.slurm import SlurmExecutor
+from didact_core.engine.staging import prune_staging, staging_root
 
 __all__ = [
     "CANCELLED",
@@ -56,6 +57,8 @@ __all__ = [
     "TaskResult",
     "duration_s",
     "make_executor",
+    "prune_staging",
+    "staging_root",
     "submitted",
     "wait_for",
 ]

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -273,17 +276,49 @@ class PollingExecutor:
     ) -> JobResult:
         return wait_for(self, handle, timeout_s, self.poll_s, on_change)
 
+class Terminated(BaseException):
+    """SIGTERM arrived while a job was out (raised by :func:`submitted`'s handler)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` instead of ending the process
+    at once: only in the main thread, and only where nobody else handles SIGTERM (Dagster's
+    own processes map it to SIGINT, which raises already)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def _raise(signo, frame):
+        raise Terminated(f"signal {signo}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def submitted(executor: Executor, request: JobRequest) -> Iterator[JobHandle]:
     """Submit ``request``; cancel the job if the block exits by any exception.
 
     This is how Dagster's *Terminate* reaches the tasks: the step sees an interrupt inside
-    the block, the job is cancelled (``scancel`` on Slurm), and the interrupt goes on.
+    the block (SIGINT, or Dagster's ``DagsterExecutionInterruptedError``), the job is
+    cancelled (``scancel`` on Slurm), and the interrupt goes on.  A SIGTERM that would
+    otherwise end the process on the spot (a plain process, a service stop) cancels the job
+    first, then ends the process by SIGTERM as before.
     """
-    handle = executor.submit(request)
-    try:
-        yield handle
-    except BaseException:
-        with contextlib.suppress(DidactError):
-            executor.cancel(handle)
-        raise
+    with _sigterm_raises():
+        handle = executor.submit(request)
+        try:
+            yield handle
+        except BaseException as e:
+            with contextlib.suppress(DidactError):
+                executor.cancel(handle)
+            if isinstance(e, Terminated):
+                log.warning("%s job %s cancelled: this process got SIGTERM", executor.name, handle.job_id)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)  # end as the signal meant
+            raise

@@ -26,6 +26,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -176,11 +177,16 @@ def train_day(
     day: str,
     run_id: str | None = None,
     logger: logging.Logger | None = None,
+    wrap: Callable | None = None,
+    on_registered: Callable | None = None,
 ) -> TrainOutcome:
     """Train day ``day``'s challenger from the champion, register it, gate it (see module doc).
 
     The OOD review's verdicts apply: samples covered by rejected events are left out
     (today's and the replay days'), accepted events not trained on yet are added.
+    ``wrap(challenger)`` → the detector that fits instead (``learn.job``: the fit as an
+    executor job); ``on_registered(wh, model_version, mlflow_run_id)`` runs once the version
+    is registered, before the outcome is recorded.
     """
     logger = logger or log
     t0 = time.perf_counter()
@@ -190,6 +196,8 @@ def train_day(
     queue = ReviewQueue(settings)
     champion, parent = registry.load_alias(CHAMPION)
     challenger = challenger_from(settings, champion, parent, features)
+    if wrap is not None:
+        challenger = wrap(challenger)
     data = load_day_data(settings, wh, day, features, queue)
     warm = champion is not None and settings.model_warm_start
     mv, gate, mlflow_run_id, plots = _train_and_register(
@@ -197,6 +205,8 @@ def train_day(
     )
     fit = challenger.fits_[-1]
     queue.mark_trained(data.accepted["id"].tolist(), mv.version)
+    if on_registered is not None:
+        on_registered(wh, mv, mlflow_run_id)
     promoted = _record_outcome(wh, registry, day, mv, gate, parent, data.data_versions, run_id, mlflow_run_id)
     logger.info("day %s: v%d (parent v%s) %s", day, mv.version, parent, "promoted" if promoted else "rejected")
     return TrainOutcome(
