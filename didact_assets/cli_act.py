@@ -1,10 +1,12 @@
-"""``didact act plan|apply|restore|log|metrics``: node controls through Slurm, dry run first (docs/act.md).
+"""``didact act plan|apply|restore|log|queue|metrics``: node controls through Slurm, dry run first (docs/act.md).
 
 Wiring (didact_assets/cli.py): ``from didact_assets import cli_act`` and, in
 ``build_parser``, ``cli_act.add_parsers(sub)``.  Exit status: 0 done, 1 some approved
 action was refused, failed or could not be applied here (shown, and in the audit log),
 2 a usage error.  After ``plan``, ``apply`` and ``restore`` the ``didact_act_*`` metrics
-textfile is rewritten.
+textfile is rewritten.  ``plan`` puts the proposals that need approval into the review
+queue; ``apply`` applies the accepted ones (and ``--approve`` ids).  The audit goes to the
+JSON-lines file and the lineage table; ``log`` reads lineage (``--file``: the file).
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from prometheus_client import generate_latest
 
 from didact_assets.cli_output import console, table
 from didact_core.act import AuditLog, SlurmNodes, apply, load_policy, observations_from_events, plan
+from didact_core.act.audit import summary
 from didact_core.act.conditions import power_from_json, scoring_intervals, with_power
-from didact_core.act.metrics import registry, write_textfile
+from didact_core.act.live import live_events
+from didact_core.act.metrics import registry, textfile_path, write_textfile
 from didact_core.act.nodes import NoSlurm
 from didact_core.act.planner import shed_nodes
 from didact_core.act.powercap import PowerCaps
+from didact_core.act.queue import apply_reviewed, queue_proposals
 from didact_core.act.shed import unshed
 from didact_core.config import Settings
+from didact_core.data.review import ReviewQueue
 from didact_core.errors import DidactError
 
 
@@ -34,9 +40,9 @@ def add_parsers(sub) -> None:
     act = sub.add_parser("act", help="drain/resume/notify/power-cap/shed nodes from policies: plan, apply, log",
                          description="Act on what didact sees (docs/act.md). `plan` changes nothing; `apply` "
                          "executes approved (--approve ID) and auto proposals that still hold.")  # fmt: skip
-    asub = act.add_subparsers(dest="action", required=True, metavar="{plan,apply,restore,log,metrics}")
+    asub = act.add_subparsers(dest="action", required=True, metavar="{plan,apply,restore,log,queue,metrics}")
     for name, text in (("plan", "print the proposed actions and why; changes nothing"),
-                       ("apply", "execute approved proposals (and auto rules) that still hold")):  # fmt: skip
+                       ("apply", "execute approved proposals (review queue, --approve) and auto rules that still hold")):  # fmt: skip
         p = asub.add_parser(name, help=text, description=text)
         p.add_argument("--policy", type=Path, required=True, help="policy TOML file (docs/act.md)")
         p.add_argument("--events", type=Path, default=None,
@@ -66,51 +72,65 @@ def add_parsers(sub) -> None:
     rs.add_argument("--slurm-conf", type=Path, default=None, help="slurm.conf (default: SLURM_CONF or Slurm's)")
     rs.add_argument("--timeout", type=float, default=20.0, help="watchdog seconds for each scontrol call")
     rs.set_defaults(func=cmd_act)
-    lg = asub.add_parser("log", help="list proposals, approvals, actions and Slurm's answers")
+    lg = asub.add_parser("log", help="list proposals, approvals, actions and Slurm's answers (from lineage)")
     lg.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")
+    lg.add_argument("--file", action="store_true", help="read the JSON-lines audit file instead of the lineage table")
     lg.set_defaults(func=cmd_act)
+    qu = asub.add_parser("queue", help="list act proposals in the review queue (accept/reject: didact review)")
+    qu.add_argument("--status", default="pending", choices=["pending", "accepted", "rejected", "all"],
+                    help="items with this status (default pending)")  # fmt: skip
+    qu.set_defaults(func=cmd_act)
     mt = asub.add_parser("metrics", help="print the didact_act_* metrics (what the textfile holds)")
     mt.set_defaults(func=cmd_act)
 
 
 def cmd_act(args, settings: Settings) -> int:
-    audit = AuditLog.under(settings.home_path)
+    if args.action == "log" and args.limit < 1:
+        raise DidactError(f"--limit {args.limit}", "is not a number of records", "pass --limit 1 or more")
+    queue = ReviewQueue(settings)
+    audit = AuditLog.under(settings.home_path, queue.wh)
     caps = PowerCaps.under(settings.home_path, settings.powercap_root, audit=audit)
     if args.action == "log":
-        return _log(audit, args.limit)
+        return _log(audit, args.limit, args.file)
+    if args.action == "queue":
+        return _queue(queue, args.status)
     if args.action == "metrics":
         sys.stdout.write(generate_latest(registry(audit, caps)).decode())  # raw: rich would wrap the lines
         return 0
     try:
-        return _run(args, settings, audit, caps)
+        return _run(args, settings, audit, caps, queue)
     finally:
-        write_textfile(_textfile(settings), audit, caps)
+        write_textfile(textfile_path(settings), audit, caps)
 
 
-def _run(args, settings: Settings, audit: AuditLog, caps: PowerCaps) -> int:
+def _run(args, settings: Settings, audit: AuditLog, caps: PowerCaps, queue: ReviewQueue) -> int:
     slurm = NoSlurm() if getattr(args, "no_slurm", False) else SlurmNodes(conf=args.slurm_conf, timeout_s=args.timeout)
     if args.action == "restore":
         return _restore(args, caps, slurm, audit)
     policy = load_policy(args.policy)
-    observations = with_power(observations_from_events(*_events(args, settings)), _power(args, slurm))
+    observations = with_power(observations_from_events(*_events(args, queue)), _power(args, slurm))
     at = _at(args.at)
     if args.action == "plan":
         proposals, skipped = plan(policy, observations, slurm, audit, caps, now=at)
+        live = args.day is None and args.at is None  # a stored day's or another hour's plan is not queued
+        items = queue_proposals(queue, proposals) if live else {}
         rows = [{"id": p.id, "node": p.node, "action": p.action, "rule": p.rule,
-                 "approval": "auto" if p.auto else "needed", "why": p.why, "reason": p.reason} for p in proposals]  # fmt: skip
+                 "approval": "auto" if p.auto else f"review item {items[p.id][0]}" if live else "needed", "why": p.why,
+                 "reason": p.reason} for p in proposals]  # fmt: skip
         console.print(table("proposed (dry run: nothing changed)", rows) if rows else "nothing to propose")
         for rule, node, why in skipped:
             console.print(f"left alone: {node} ({rule}): {why}")
         if any(not p.auto for p in proposals):
-            console.print("approve with: didact act apply --policy … --approve ID")
+            how = "didact review accept ITEM --reason '…', then didact act apply --policy … (or " if live else "("
+            console.print(f"approve with: {how}didact act apply --policy … --approve ID)", markup=False)
         return 0
     with caps.held() if args.hold > 0 else _restore_on_error(caps):  # SIGTERM restores from here on
-        outcomes = apply(policy, observations, slurm, audit, approve=args.approve, actor=args.actor, now=at,
-                         caps=caps, webhook_url=policy.notify_url or settings.act_webhook_url)  # fmt: skip
+        outcomes = apply_reviewed(policy, observations, slurm, audit, queue, approve=args.approve, actor=args.actor,
+                                  now=at, caps=caps, webhook_url=policy.notify_url or settings.act_webhook_url)  # fmt: skip
         if not outcomes:
             console.print("nothing to apply (no approved or auto proposal)")
         for r in outcomes:
-            console.print(_log_row(r)["what"], markup=False)
+            console.print(summary(r), markup=False)
         held = args.hold > 0 and any(r["kind"] == "action" and r.get("action") == "power-cap" for r in outcomes)
         if held:
             console.print(f"holding the power caps for {args.hold:g} min (Ctrl-C or SIGTERM restores them now)")
@@ -154,11 +174,6 @@ def _restore(args, caps: PowerCaps, slurm: SlurmNodes, audit: AuditLog) -> int:
     return 1 if bad else 0
 
 
-def _textfile(settings: Settings) -> Path:
-    return Path(settings.act_metrics_textfile) if settings.act_metrics_textfile else (
-        settings.home_path / "act" / "didact_act.prom")  # fmt: skip
-
-
 def _at(text: str | None) -> dt.datetime | None:
     if text is None:
         return None
@@ -180,7 +195,7 @@ def _power(args, slurm: SlurmNodes) -> dict[str, float]:
     return power_from_json(doc, str(args.power))
 
 
-def _events(args, settings: Settings):
+def _events(args, queue: ReviewQueue):
     """(events, scoring intervals or None)."""
     if args.events is not None and args.day is not None:
         raise DidactError("--events and --day", "both say where the events come from", "give one of them")
@@ -190,9 +205,6 @@ def _events(args, settings: Settings):
         except (OSError, json.JSONDecodeError) as e:
             raise DidactError(f"events file {args.events}", f"cannot be read as JSON ({e})",
                               'write a JSON list like [{"node": "n1", "id": 7, "ts": "2026-01-01T00:00:00Z"}]') from None  # fmt: skip
-    from didact_core.data.review import ReviewQueue  # lazy: opens the warehouse only when no --events
-
-    queue = ReviewQueue(settings)
     if args.day is not None:
         try:
             start = dt.datetime.combine(dt.date.fromisoformat(args.day), dt.time(), dt.timezone.utc)
@@ -200,28 +212,36 @@ def _events(args, settings: Settings):
             raise DidactError(f"--day {args.day!r}", "is not a date", "write --day YYYY-MM-DD") from None
         df = queue.list(status=None, limit=1_000_000, day=args.day)
         return df, scoring_intervals(queue, start, start + dt.timedelta(days=1))
-    df = queue.list(status="pending", limit=100000)
-    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=args.window)
-    return (df[df["ts"] >= since] if not df.empty else df), scoring_intervals(queue, since)
+    return live_events(queue, args.window)
 
 
-def _log(audit: AuditLog, limit: int) -> int:
-    rows = audit.records()[-limit:]
+def _log(audit: AuditLog, limit: int, from_file: bool) -> int:
+    if from_file:
+        rows, where = audit.records()[-limit:], str(audit.path)
+    else:
+        audit.sync_lineage()  # rows the file has and lineage lacks (a catalog error at the time)
+        rows, where = audit.lineage_records()[-limit:], "lineage, asset act"
     if not rows:
-        console.print(f"no act records in {audit.path}")
+        console.print(f"no act records in {where}")
         return 0
-    console.print(table(f"act audit ({audit.path})", [_log_row(r) for r in rows]))
+    console.print(table(f"act audit ({where})", [_log_row(r) for r in rows]))
     return 0
 
 
 def _log_row(r: dict) -> dict:
-    detail = r.get("why") or r.get("error") or r.get("slurm") or ""
-    what = f"{r['kind']} {r.get('id', '')} {r.get('action', '')} {r.get('node', '')}".strip()
-    if r.get("by"):
-        what += f" by {r['by']}"
-    if detail:
-        what += f": {detail}"
-    if r.get("command") and r["kind"] == "not_applied":
-        what += f"; run: {r['command']}"
     return {"time (UTC)": r["ts"][:19], "kind": r["kind"], "id": r.get("id", ""), "node": r.get("node", ""),
-            "action": r.get("action", ""), "what": what, "reason": r.get("reason", "")}  # fmt: skip
+            "action": r.get("action", ""), "what": summary(r), "reason": r.get("reason", "")}  # fmt: skip
+
+
+def _queue(queue: ReviewQueue, status: str) -> int:
+    df = queue.act_items(None if status == "all" else status)
+    if df.empty:
+        console.print(f"no {status} act proposals in the review queue")
+        return 0
+    rows = [{"item": r["id"], "time (UTC)": str(r["ts"])[:19], "proposal": r["proposal"], "node": r["node"],
+             "action": r["action"], "rule": r["rule"], "why": r["why"] or "", "status": r["status"],
+             "by": r["verdict_by"] or "", "outcome": r["outcome"] or ""} for r in df.to_dict("records")]  # fmt: skip
+    console.print(table(f"act proposals in the review queue ({status})", rows))
+    console.print("accept/reject: didact review accept|reject ITEM --reason '…'; apply: didact act apply --policy …",
+                  markup=False)  # fmt: skip
+    return 0

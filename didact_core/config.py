@@ -291,6 +291,7 @@ class Settings(BaseModel):
     powercap_root: PathStr = _doc("/sys/class/powercap", "the powercap sysfs tree power-cap actions write")
     act_webhook_url: str = _doc("", "Alertmanager-style webhook for notify actions (the policy's url wins)")
     act_metrics_textfile: PathStr = _doc("", "didact_act_* metrics file; empty = HOME/act/didact_act.prom")
+    act_policy: PathStr = _doc("", "policy TOML the act sensor plans from; empty = the sensor skips")
 
     def __init__(self, **data: Any):
         try:

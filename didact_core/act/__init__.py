@@ -5,8 +5,9 @@ node and cluster watts, peak hours), the plan of proposals and their approved ap
 with rate limits and the administrator's-drain guard (``planner``), the node controls
 under the engine's Slurm watchdog (``nodes``), RAPL power caps restored on exit
 (``powercap``), peak-hour shedding within Slurm power saving's rules (``shed``), the
-Alertmanager-style webhook (``notify``), the append-only audit log (``audit``) and its
-``didact_act_*`` metrics (``metrics``).
+Alertmanager-style webhook (``notify``), the audit (``audit``: a JSON-lines file and the
+lineage table) and its ``didact_act_*`` metrics (``metrics``), approval through the review
+queue (``queue``) and one look at the live state for the Dagster sensor (``live``).
 """
 
 from didact_core.act.audit import AuditLog

@@ -85,3 +85,9 @@ def write_textfile(path: str | Path, audit: AuditLog, caps=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pc.write_to_textfile(str(path), registry(audit, caps))
     return path
+
+
+def textfile_path(settings) -> Path:
+    """``DIDACT_ACT_METRICS_TEXTFILE``, default ``$DIDACT_HOME/act/didact_act.prom``."""
+    return Path(settings.act_metrics_textfile) if settings.act_metrics_textfile else (
+        settings.home_path / "act" / "didact_act.prom")  # fmt: skip

@@ -17,7 +17,7 @@ import datetime as dt
 import getpass
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from didact_core.act import notify as webhook
@@ -177,9 +177,16 @@ def apply(
     now: dt.datetime | None = None,
     caps: PowerCaps | None = None,
     webhook_url: str = "",
+    approvals: Mapping[str, dict] | None = None,
+    skip_auto: Collection[str] = (),
 ) -> list[dict]:
-    """Execute approved and ``auto`` proposals that still hold; every outcome is an audit record."""
+    """Execute approved and ``auto`` proposals that still hold; every outcome is an audit record.
+
+    ``approve``: proposal ids ``actor`` approves; ``approvals``: more, each with who approved
+    it and where (``{"by": …, "review": item}``, the review queue's accepted items);
+    ``skip_auto``: ``auto`` proposal ids not to run again (the sensor's, already done)."""
     actor = actor or getpass.getuser()
+    approvals = dict(approvals or {})
     now = now or now_utc()
     nodes = slurm.nodes()
     ctx = context(policy, slurm, audit, caps, now)
@@ -187,24 +194,27 @@ def apply(
     by_key = {p.key: p for p in current}
     todo: list[Proposal] = []
     outcomes: list[dict] = []
-    for pid in dict.fromkeys(approve):
+    by: dict[str, dict] = {}
+    for pid in dict.fromkeys([*approve, *approvals]):
+        who = {"by": actor, **approvals.get(pid, {})}
         old = audit.proposal(pid)
         if old is None:
-            outcomes.append(audit.append("refused", id=pid, by=actor, why="no proposal with this id (`didact act plan`)"))
+            outcomes.append(audit.append("refused", id=pid, **who, why="no proposal with this id (`didact act plan`)"))
             continue
-        audit.append("approval", id=pid, by=actor, node=old["node"], action=old["action"])
+        audit.append("approval", id=pid, **who, node=old["node"], action=old["action"])
         now_p = by_key.get((old["rule"], old["node"], old["action"]))
         if now_p is None:
-            outcomes.append(audit.append("refused", id=pid, node=old["node"], action=old["action"], by=actor,
+            outcomes.append(audit.append("refused", id=pid, node=old["node"], action=old["action"], **who,
                                          why="condition no longer holds, or already done (re-checked at apply time)"))  # fmt: skip
             continue
         todo.append(Proposal(**{**asdict(now_p), "id": pid}))
+        by[pid] = who
     for p in current:
-        if p.auto and p.key not in {t.key for t in todo}:
+        if p.auto and p.key not in {t.key for t in todo} and p.id not in skip_auto:
             audit.append("proposal", **asdict(p))
             todo.append(p)
     run = _Runner(policy, nodes, slurm, audit, actor, now, ctx, caps, webhook_url or policy.notify_url)
-    return outcomes + [run(p) for p in todo]
+    return outcomes + [run(p, by.get(p.id)) for p in todo]
 
 
 class _Runner:
@@ -217,8 +227,9 @@ class _Runner:
         self.shed_minute = ctx.shed_last_minute
         self.down = {n for n, i in nodes.items() if i.out_of_service}
 
-    def __call__(self, p: Proposal) -> dict:
-        base = {"id": p.id, "node": p.node, "action": p.action, "rule": p.rule, "by": "auto" if p.auto else self.actor}
+    def __call__(self, p: Proposal, who: dict | None = None) -> dict:
+        who = who or {"by": "auto" if p.auto else self.actor}
+        base = {"id": p.id, "node": p.node, "action": p.action, "rule": p.rule, **who}
         if p.action == "notify":
             return self._notify(p, base)
         if p.action == "power-cap":

@@ -10,7 +10,9 @@ threshold.  An operator vets it (``didact review list`` / ``accept`` / ``reject`
   kept as labelled anomalies for evaluation.
 
 The queue lives in the warehouse's DuckDB file (table ``ood_events``, plus
-``scoring_stats`` for the live OOD rate).  Every access takes the warehouse lock for a
+``scoring_stats`` for the live OOD rate).  Act proposals that need a person's approval
+(docs/act.md) wait in ``act_reviews``, numbered from the same sequence, so ``accept`` and
+``reject`` take either kind of id; they never reach training.  Every access takes the warehouse lock for a
 few milliseconds, so serving can write events while Dagster runs.
 """
 
@@ -55,6 +57,24 @@ CREATE TABLE IF NOT EXISTS ood_events (
     verdict_at TIMESTAMPTZ,
     reason VARCHAR,
     trained_in_version INTEGER
+);
+-- act proposals waiting for a person (didact_core.act.queue); ids from the events' sequence,
+-- so `didact review accept ID` names one item whichever kind it is
+CREATE TABLE IF NOT EXISTS act_reviews (
+    id BIGINT DEFAULT nextval('ood_event_id') PRIMARY KEY,
+    ts TIMESTAMPTZ NOT NULL,
+    proposal VARCHAR NOT NULL,
+    node VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    rule VARCHAR NOT NULL,
+    why VARCHAR,
+    detail VARCHAR,
+    status VARCHAR NOT NULL DEFAULT 'pending',
+    verdict_by VARCHAR,
+    verdict_at TIMESTAMPTZ,
+    reason VARCHAR,
+    outcome VARCHAR,
+    outcome_at TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS scoring_stats (
     ts TIMESTAMPTZ NOT NULL,
@@ -162,6 +182,8 @@ class ReviewQueue:
             raise DidactError(f"verdict {verdict!r}", "is not a verdict", "use accept or reject")
         if not reason or not reason.strip():
             raise DidactError(f"{verdict} of event {event_id}", "needs a reason", "pass --reason '...'")
+        if self.act_item(event_id) is not None:
+            return self._act_verdict(int(event_id), VERDICTS[verdict], reason, actor or getpass.getuser())
         event = self.get(event_id)
         if event["status"] != "pending":
             raise DidactError(
@@ -182,6 +204,59 @@ class ReviewQueue:
         self.wh.record("review", "ood_review", partition=str(pd.Timestamp(event["ts"]).date()),
                        version=f"event{event_id}", actor=actor, reason=f"{status}: {reason}")  # fmt: skip
         return self.get(event_id)
+
+    # -- act proposals (didact_core.act.queue) -------------------------------------------
+    def add_act_item(self, proposal: dict) -> tuple[int, bool]:
+        """The review item of an act proposal (id, rule, node, action, why, reason): (item id, new?).
+
+        A proposal id keeps its open item (pending, or accepted and not yet applied) and its
+        rejected one (a rejection is final); otherwise it gets a new pending item."""
+        with self.wh.catalog(write=True) as con:
+            row = con.execute("select id from act_reviews where proposal = ? and (status = 'rejected' or outcome is null) "
+                              "order by id desc limit 1", [proposal["id"]]).fetchone()  # fmt: skip
+            if row:
+                return int(row[0]), False
+            item = con.execute(
+                "insert into act_reviews (ts, proposal, node, action, rule, why, detail) values (?,?,?,?,?,?,?) returning id",
+                [dt.datetime.now(dt.timezone.utc), proposal["id"], proposal["node"], proposal["action"], proposal["rule"],
+                 proposal.get("why"), proposal.get("reason")]).fetchone()[0]  # fmt: skip
+        return int(item), True
+
+    def act_item(self, item_id: int) -> dict | None:
+        with self.wh.catalog() as con:
+            df = con.execute("select * from act_reviews where id = ?", [int(item_id)]).df()
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def act_items(self, status: str | None = "pending", open_only: bool = False) -> pd.DataFrame:
+        """Act proposals' review items (``open_only``: not yet applied nor refused at apply)."""
+        q, args = "select * from act_reviews where true", []
+        if status:
+            q += " and status = ?"
+            args.append(status)
+        if open_only:
+            q += " and outcome is null"
+        with self.wh.catalog() as con:
+            return con.execute(q + " order by id", args).df()
+
+    def act_outcome(self, item_id: int, outcome: str) -> None:
+        """What ``didact act apply`` made of an accepted item (action, refused, failed, …): it is closed."""
+        with self.wh.catalog(write=True) as con:
+            con.execute("update act_reviews set outcome = ?, outcome_at = ? where id = ?",
+                        [outcome, dt.datetime.now(dt.timezone.utc), int(item_id)])  # fmt: skip
+
+    def _act_verdict(self, item_id: int, status: str, reason: str, actor: str) -> dict:
+        with self.wh.catalog(write=True) as con:
+            changed = con.execute("update act_reviews set status=?, verdict_by=?, verdict_at=?, reason=? "
+                                  "where id=? and status='pending' returning id",
+                                  [status, actor, dt.datetime.now(dt.timezone.utc), reason, item_id]).fetchall()  # fmt: skip
+        item = self.act_item(item_id)
+        if not changed:
+            raise DidactError(f"review item {item_id} ({item['action']} {item['node']})",
+                              f"was already {item['status']} by {item['verdict_by']} at {str(item['verdict_at'])[:19]}",
+                              "verdicts are final; the next plan proposes it again if the condition recurs")  # fmt: skip
+        self.wh.record("review", "act", partition=item["node"], version=item["proposal"], actor=actor,
+                       reason=f"{status}: {item['action']} {item['node']} (review item {item_id}): {reason}")  # fmt: skip
+        return item
 
     # -- training side ------------------------------------------------------------------
     def decided(self, until: dt.datetime | None = None) -> pd.DataFrame:
