@@ -15,7 +15,7 @@ from pathlib import Path
 
 from didact_assets import cli_args as args_
 from didact_assets import cli_services as services
-from didact_assets import cli_act, cli_ci, cli_storage
+from didact_assets import cli_act, cli_backfill, cli_ci, cli_storage
 from didact_assets.cli_args import last_days
 from didact_assets.cli_output import console, reporter, table
 from didact_assets.cli_testbed_eval import add_evaluate_arguments
@@ -171,6 +171,12 @@ def cmd_prune(args, settings: Settings) -> int:
     console.print(f"pruned {len(pruned)} stored version(s)")
     for p in pruned:
         console.print(f"  {p.asset}/{p.partition} v{p.version}")
+    from didact_core.engine import prune_staging
+
+    staged = prune_staging(settings.home_path, args.staging_days)
+    console.print(f"removed {len(staged)} staging folder(s) of jobs older than {args.staging_days} days")
+    for p in staged:
+        console.print(f"  {p.relative_to(settings.home_path)}")
     return 0
 
 
@@ -205,6 +211,10 @@ def cmd_review(args, settings: Settings) -> int:
     queue = ReviewQueue(settings)
     if args.action == "list":
         df = queue.list(status=None if args.status == "all" else args.status, limit=args.limit)
+        acts = queue.act_items(None if args.status == "all" else args.status)
+        if len(acts):  # node-control proposals waiting for (or given) a verdict: same ids, same accept/reject
+            console.print(f"{len(acts)} {args.status} act proposal(s): didact act queue --status {args.status} "
+                          "lists them; didact review accept|reject ID decides one")  # fmt: skip
         if df.empty:
             console.print(f"no {args.status} OOD events")
             return 0
@@ -247,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     cli_storage.add_parsers(sub)
     _add_data_parsers(sub)
+    cli_backfill.add_parsers(sub)
     cli_ci.add_parsers(sub)
     cli_act.add_parsers(sub)
 
@@ -323,6 +334,9 @@ def _add_data_parsers(sub) -> None:
     pr.add_argument("--keep", type=args_.int_at_least(1, "--keep 3"), required=True,
                     help="versions to keep per partition, newest first (at least 1; a head is never deleted)")  # fmt: skip
     pr.add_argument("--asset", help="prune only this asset (default: every asset)")
+    pr.add_argument("--staging-days", type=args_.int_at_least(1, "--staging-days 7"), default=7,
+                    help="also remove the staging folders (inputs, parts, results) of executor jobs that nothing "
+                    "has written to for this many days: failed or cancelled Slurm jobs (default 7)")  # fmt: skip
     pr.set_defaults(func=cmd_prune)
 
     st = sub.add_parser("status", help="what is stored: partitions, versions, models")
@@ -330,12 +344,12 @@ def _add_data_parsers(sub) -> None:
 
 
 def _add_testbed_parser(sub) -> None:
-    """``didact testbed record|ingest|serve|evaluate``, each with its own options."""
+    """``didact testbed record|ingest|export|serve|evaluate``, each with its own options."""
     tb = sub.add_parser("testbed", help="record real, labelled workloads on this node; ingest them; "
                         "evaluate how well a model separates the flavours",
                         description="Record real, labelled workloads on this node, ingest the recording into "
                         "DIDACT_HOME, serve its TSDB, or evaluate a model on it.")  # fmt: skip
-    tsub = tb.add_subparsers(dest="action", required=True, metavar="{record,ingest,serve,evaluate}")
+    tsub = tb.add_subparsers(dest="action", required=True, metavar="{record,ingest,export,serve,evaluate}")
 
     rec = tsub.add_parser("record", help="run the workloads back to back while Prometheus scrapes this node")
     rec.add_argument("--minutes", type=args_.positive_float("--minutes 30"), default=30.0,
@@ -358,12 +372,22 @@ def _add_testbed_parser(sub) -> None:
     rec.set_defaults(func=services.cmd_testbed_record)
 
     ing = tsub.add_parser("ingest", help="run raw → labels → AI-ready for the recorded days")
-    ing.add_argument("--labels", help="labels CSV (default $DIDACT_HOME/testbed/labels.csv)")
+    ing.add_argument("--labels", action="append",
+                     help="labels CSV, repeatable: recordings of one UTC day share its partitions, so ingest "
+                     "their CSVs together (default $DIDACT_HOME/testbed/labels.csv)")  # fmt: skip
     ing.add_argument("--day", action="append", type=args_.day,
                      help="UTC day YYYY-MM-DD, repeatable (default: the days the CSV's labels touch)")  # fmt: skip
     ing.add_argument("--prometheus-url", help="read from this Prometheus (default: serve the recorder's stored "
                      "TSDB for the duration)")  # fmt: skip
     ing.set_defaults(func=services.cmd_testbed_ingest)
+
+    exp = tsub.add_parser("export", help="write the raw samples of a recording's first segments, with their labels, "
+                          "into a small folder (e.g. ci/fixtures/NAME for didact ci gate)")  # fmt: skip
+    exp.add_argument("--labels", required=True, help="the recording's labels CSV (its days must be ingested)")
+    exp.add_argument("--segments", type=args_.int_at_least(1, "--segments 27"), default=27,
+                     help="how many labelled segments, from the first (default 27: 3 rounds of 9 flavours)")  # fmt: skip
+    exp.add_argument("--out", required=True, help="folder to write cpu.parquet, node_metrics.parquet, labels.csv into")
+    exp.set_defaults(func=services.cmd_testbed_export)
 
     srv = tsub.add_parser("serve", help="serve the stored TSDB on 127.0.0.1 for the Dagster path (until Ctrl-C)")
     srv.add_argument("--port", type=args_.port, default=9090, help="port on 127.0.0.1 (default 9090)")
