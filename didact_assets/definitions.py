@@ -4,11 +4,12 @@ import warnings
 
 import dagster as dg
 
-from .assets import models, power, review, telemetry
+from .assets import cluster, models, power, review, telemetry
 from .instance import didact_executor
 from .jobs import data_spine_job, model_job, nightly_job, retrain_job
 from .schedules import nightly_schedule
 from .sensors import drift_sensor, new_raw_data_sensor
+from .sensors_act import act_sensor
 from .ops import rollback_champion
 from .resources import DidactResource
 
@@ -21,11 +22,11 @@ with warnings.catch_warnings():  # "beta" is said at every load of the code loca
     )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([telemetry, review, models, power]),
+    assets=dg.load_assets_from_modules([telemetry, review, models, power, cluster]),
     asset_checks=schema_checks,
-    jobs=[nightly_job, data_spine_job, retrain_job, model_job, rollback_champion],
+    jobs=[nightly_job, data_spine_job, retrain_job, model_job, rollback_champion, cluster.rollback_cluster_champion],
     schedules=[nightly_schedule],
-    sensors=[new_raw_data_sensor, drift_sensor],
+    sensors=[new_raw_data_sensor, drift_sensor, act_sensor],
     resources={"didact": DidactResource()},
     executor=didact_executor,
 )

@@ -8,7 +8,7 @@ nightly_job = dg.define_asset_job(
     "nightly",
     selection=dg.AssetSelection.all(),
     partitions_def=daily_partitions,
-    description="Everything for one UTC day: raw → AI-ready → model → evaluation (and power).",
+    description="Everything for one UTC day: raw → AI-ready → model → evaluation, cluster model (and power).",
 )
 
 data_spine_job = dg.define_asset_job(

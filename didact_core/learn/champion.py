@@ -19,15 +19,19 @@ from didact_core.learn.registry import CHAMPION, PREVIOUS, ModelRegistry
 MODEL_ASSET = "champion_model"
 
 
-def rollback_champion(settings: Settings, to_version=None, actor: str = "", reason: str = "") -> dict:
+def rollback_champion(settings: Settings, to_version=None, actor: str = "", reason: str = "",
+                      registry: ModelRegistry | None = None, asset: str = MODEL_ASSET) -> dict:  # fmt: skip
     """Move ``champion`` back (to ``previous_champion``, or to ``to_version``), after
-    checking the target's files load.  Recorded in lineage with who, when and why."""
-    registry = ModelRegistry(settings)
+    checking the target's files load.  Recorded in lineage with who, when and why.
+
+    ``registry``/``asset``: another model family's (the cluster model's ``ClusterRegistry``,
+    whose ``load`` checks its own files) and the asset its lineage rows go under."""
+    registry = registry or ModelRegistry(settings)
     current = registry.alias(CHAMPION)
     if to_version is None:
         target = registry.alias(PREVIOUS)
         if target is None:
-            raise DidactError(f"model {settings.model_name}", "has no previous champion to roll back to",
+            raise DidactError(f"model {registry.name}", "has no previous champion to roll back to",
                               "name a version with --to")  # fmt: skip
     else:
         try:
@@ -36,12 +40,12 @@ def rollback_champion(settings: Settings, to_version=None, actor: str = "", reas
             raise DidactError(f"version {to_version!r}", "is not a model version number") from None
         known = [v.version for v in registry.versions()]
         if target not in known:
-            raise DidactError(f"model {settings.model_name} v{target}", "does not exist",
+            raise DidactError(f"model {registry.name} v{target}", "does not exist",
                               f"registered versions: {known or 'none'}")  # fmt: skip
     registry.load(target)  # a version whose files are gone must not become champion
     registry.promote(target)
     wh = Warehouse(settings.home_path, settings.retention_versions)
-    wh.record("rollback", MODEL_ASSET, version=f"m{target}", model_version=str(target),
+    wh.record("rollback", asset, version=f"m{target}", model_version=str(target),
               upstream={"from": current}, actor=actor or getpass.getuser(), reason=reason)  # fmt: skip
     return {"from": current, "to": target}
 

@@ -33,6 +33,8 @@ plus ``cpu`` only while nodes × CPUs ≤ ``cpu_label_cap``::
     didact_model_day_timestamp_seconds         UTC midnight of the day it was trained on (0: no
                                                model, or a version without a ``day`` tag)
     didact_serving_info{feed,model}            1
+    didact_cluster_*, didact_rack_*{rack},     the cluster model's view (a collector of
+    didact_job_peer_*{job,node}                :mod:`didact_core.serve.cluster` on this registry)
 
 The exposition is rendered by whoever changes the state — the scoring loop once per
 interval, the model watcher after a check — with :meth:`ServingMetrics.refresh`; a

@@ -24,6 +24,9 @@ Every ``interval_s`` the :class:`ServingService`, in the thread that runs it,
    own) sends until the next interval; sends the interval's OOD events (one per OOD node:
    its worst CPU's sample) and totals to the review queue in one batch
    (:mod:`didact_core.serve.events`).
+5. runs the cluster model's champion, when there is one, on the interval's per-node frame
+   (:mod:`didact_core.serve.cluster`: cluster, rack and job-peer scores; a newly opened
+   cluster incident joins the interval's events in the review queue).
 
 A :class:`~didact_core.serve.watcher.ModelWatcher` follows the registry's ``champion``
 alias every ``reload_s`` in a thread of its own.  Without a champion, serving says so and
@@ -54,6 +57,7 @@ from didact_core.learn.registry import bound_mlflow_http
 from didact_core.errors import DidactError, SourceUnavailableError
 from didact_core.ingest.live import LiveFeed, make_feed
 from didact_core.schema import NODE_FEATURES
+from didact_core.serve.cluster import LiveCluster
 from didact_core.serve.collector import DEFAULT_CPU_LABEL_CAP
 from didact_core.serve.events import ReviewFailed, ReviewSink, ood_events
 from didact_core.serve.http import DEFAULT_HOST, DEFAULT_PORT, MetricsServer
@@ -103,6 +107,8 @@ class ServingService:
         )
         self.watcher = ModelWatcher(self.settings, self.metrics, self.reload_s)
         self.scorer = Scorer(interval_s=getattr(self.feed, "scrape_interval_s", None))
+        #: the cluster model (racks, incidents, job peers) on each interval's node scores
+        self.cluster = LiveCluster(self.settings, self.feed, self.metrics.registry, self.reload_s)
         self.review = ReviewSink(self.settings) if review else None
         self.last: IntervalScores | None = None
         self.intervals = 0
@@ -125,6 +131,8 @@ class ServingService:
     def _interval(self) -> IntervalScores | None:
         if self._watch_thread is None and self.watcher.due():
             self.watcher.check()
+        if self._watch_thread is None and self.cluster.due():
+            self.cluster.check()
         model = self.watcher.current
         t0 = time.perf_counter()
         polled = self._poll(model)
@@ -140,6 +148,9 @@ class ServingService:
             self._check_skipped_scrapes(scores, model)
         sent = len(events)
         self.metrics.interval(scores, self.feed.power(), now, poll_s, sent)
+        if scores is not None:  # cluster incidents join the OOD events in the review queue
+            incidents = self.cluster.score(scores)
+            events = pd.concat([events, incidents], ignore_index=True) if len(incidents) else events
         if self.review is not None and scores is not None:
             try:
                 self.review.submit(
@@ -230,6 +241,7 @@ class ServingService:
         ``max_intervals`` ran); the watcher follows the registry in a thread of its own and
         ``/metrics`` is served by its own threads, so neither ever delays an interval."""
         self.watcher.check()  # the first interval already has the champion, if there is one
+        self.cluster.check()
         self.metrics.refresh()
         self._watch_thread = threading.Thread(
             target=self.watcher.follow,
@@ -238,6 +250,9 @@ class ServingService:
             daemon=True,
         )
         self._watch_thread.start()
+        cluster_thread = threading.Thread(target=self.cluster.follow, args=(stop,), name="didact-cluster-watcher",
+                                          daemon=True)  # fmt: skip
+        cluster_thread.start()
         next_t = time.monotonic()
         try:
             while not stop.is_set():
@@ -252,6 +267,7 @@ class ServingService:
         finally:
             stop.set()
             self._watch_thread.join(timeout=max(5.0, self.reload_s + 1))
+            cluster_thread.join(timeout=max(5.0, self.reload_s + 1))
             self._watch_thread = None
 
     def close(self) -> None:
