@@ -205,6 +205,9 @@ def test_a_recording_slice_is_exported_preprocessed_by_the_code_and_judged_as_re
     assert load_fixture(tmp_path / "fixtures", cols)[1] == digest  # same slice, same version
     ref = reference_set(PROFILES["tiny"], cols, fixture=tmp_path / "fixtures")
     assert len(ref.real_test) and ref.versions["fixture"] == digest
+    # stratified by whole segments: every flavour with 2+ segments is judged, on segments it never trained on
+    many = {f for f, n in labels.head(12).groupby("label").size().items() if n >= 2}
+    assert many <= set(ref.real_test["label"]), (many, set(ref.real_test["label"]))
     with pytest.raises(DidactError, match="positive count"):
         export_fixture(s, tmp_path / "rec.csv", tmp_path / "x", segments=0)
     with pytest.raises(DidactError, match="is not a folder"):

@@ -197,7 +197,7 @@ def reference_set(profile: Profile, columns: list[str], raw: tuple[dict, str] | 
         fx, fx_version = load_fixture(fixture, columns)
         if len(fx):
             versions["fixture"] = fx_version
-            fx_train, real_test = split_segments(fx, 0.3, profile.seed)
+            fx_train, real_test = split_segments(fx, 0.5, profile.seed)  # 3 segments a flavour: 2 judged, by segment
             train = pd.concat([train, fx_train[train.columns.intersection(fx_train.columns)]], ignore_index=True)
     return ReferenceSet(train, test, list(columns), versions, real_test)
 
@@ -224,7 +224,7 @@ def load_fixture(folder: Path, columns: list[str]) -> tuple[pd.DataFrame, str | 
         for df in (cpu, nm, labels):
             _frame_hash(h, df)
         ts = pd.to_datetime(cpu["ts"], utc=True)
-        interval_s = float(ts.groupby([cpu["node"], cpu["cpu"]]).diff().dt.total_seconds().median())
+        interval_s = float(ts.groupby([cpu["node"], cpu["cpu"]], observed=True).diff().dt.total_seconds().median())
         frame = _ai_ready(RawBlock(cpu=cpu, labels=labels, node_metrics=nm), base, window, interval_s)
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -236,11 +236,21 @@ def load_fixture(folder: Path, columns: list[str]) -> tuple[pd.DataFrame, str | 
 
 
 def split_segments(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) of whole segments (``segment_ids``): a seeded draw per segment, so no two
-    neighbouring samples of one segment sit on both sides."""
+    """(train, test) of whole segments (``segment_ids``), stratified: per label a seeded
+    ``test_fraction`` of its segments (at least one, leaving one to train on) is held out,
+    so no two neighbouring samples of one segment sit on both sides and every flavour with
+    two or more segments is judged."""
     seg = segment_ids(frame)
-    draw = np.random.default_rng(seed).random(int(seg.max()) + 1)
-    test = draw[seg] < test_fraction
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    by_label = pd.Series(seg).groupby(frame["label"].to_numpy()).unique()
+    for label in sorted(by_label.index):
+        ids = np.sort(by_label[label])
+        if len(ids) < 2:
+            continue
+        n = int(min(len(ids) - 1, max(1, round(test_fraction * len(ids)))))
+        held.extend(rng.choice(ids, size=n, replace=False).tolist())
+    test = np.isin(seg, held)
     return frame[~test].reset_index(drop=True), frame[test].reset_index(drop=True)
 
 
