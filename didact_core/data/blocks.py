@@ -38,7 +38,7 @@ from didact_core.config import SECRET_FIELDS, Settings
 from didact_core.data.labels import attach_intervals, excluded_mask, split_exclude
 from didact_core.data.parts import read_part, write_part
 from didact_core.data.preprocess import CleaningReport, check_features, preprocess
-from didact_core.engine import TASK_INDEX_ENV, Executor, JobRequest, Resources, make_executor, submitted
+from didact_core.engine import TASK_INDEX_ENV, Executor, JobRequest, Resources, make_executor, submitted, write_json
 from didact_core.errors import DidactError
 from didact_core.ingest.base import TelemetrySource
 from didact_core.ingest.prometheus import PrometheusSource
@@ -208,7 +208,7 @@ def run_blocks(
         if frame is not None:
             write_part(stage / f"{name}.parquet", frame)
             manifest["files"][name] = str(stage / f"{name}.parquet")
-    _write_json(stage / "manifest.json", manifest)
+    write_json(stage / "manifest.json", manifest)
     todo = [i for i in range(len(blocks)) if finished(stage, i) is None]
     meta: dict = {"executor": settings.executor, "job_id": None, "blocks": len(blocks),
                   "blocks_reused": len(blocks) - len(todo), "log_dir": str(log_dir), "stage": str(stage)}  # fmt: skip
@@ -233,19 +233,6 @@ def run_blocks(
         raise DidactError(f"{asset} {partition} blocks {lost}", "completed but left no result in " + str(stage),
                           "check that DIDACT_HOME is the same shared folder on the compute nodes")  # fmt: skip
     return BlockRun(stage, results, meta)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write ``data`` whole or not at all (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=_plain))
-    os.replace(tmp, path)
-
-
-def _plain(value):
-    # numpy scalars in a source's block metadata (counts) stay numbers, not strings
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 # -- the task side -------------------------------------------------------------------------
@@ -296,7 +283,7 @@ def run_task(manifest_path: Path, index: int) -> Path:
     settings = Settings.from_env(**manifest["settings"])
     res = _RUNNERS[manifest["kind"]](settings, manifest, manifest["blocks"][index], out)
     res["bytes"] = {t: (out / f"{t}.parquet").stat().st_size for t in res["parts"]}
-    _write_json(result_path(stage, index), res)
+    write_json(result_path(stage, index), res)
     return result_path(stage, index)
 
 

@@ -34,7 +34,7 @@ from didact_core.engine.base import (
 from didact_core.engine.executors import EXECUTORS, make_executor
 from didact_core.engine.local import LocalExecutor
 from didact_core.engine.slurm import SlurmExecutor
-from didact_core.engine.staging import prune_staging, staging_root
+from didact_core.engine.staging import prune_staging, staging_root, write_json
 
 __all__ = [
     "CANCELLED",
@@ -59,6 +59,7 @@ __all__ = [
     "make_executor",
     "prune_staging",
     "staging_root",
+    "write_json",
     "submitted",
     "wait_for",
 ]

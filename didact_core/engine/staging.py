@@ -10,7 +10,9 @@ still running writes at the latest when it ends, within its time limit).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +26,19 @@ STAGING = "staging"
 
 def staging_root(home: Path) -> Path:
     return Path(home) / STAGING
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a job's manifest or result whole or not at all (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, default=_plain))
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    # numpy scalars (counts in a block's metadata, a fit's figures) stay numbers, not strings
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def _newest_mtime(folder: Path) -> float:

@@ -40,7 +40,7 @@ import pandas as pd
 
 from didact_core.config import Settings
 from didact_core.data.blocks import executor_for, resources_for, task_settings
-from didact_core.engine import JobRequest, submitted
+from didact_core.engine import JobRequest, submitted, write_json
 from didact_core.errors import DidactError
 from didact_core.learn import continual
 from didact_core.learn.champion import MODEL_ASSET
@@ -54,17 +54,6 @@ log = logging.getLogger(__name__)
 LABELS = "__didact_label__"
 _RESULT_FIELDS = ("best_epoch", "best_loss", "monitored", "stopped_early", "samples_seen", "seconds",
                   "initial_val_loss", "compiled", "device")  # fmt: skip
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=_plain))
-    os.replace(tmp, path)
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars stay numbers
 
 
 # -- the step side ---------------------------------------------------------------------------
@@ -134,7 +123,7 @@ class JobFit(Detector):
         manifest = {"day": self.day, "run_id": self.run_id, "settings": task_settings(self.settings),
                     "model_config": self.config.to_dict(), "features": list(self.feature_names),
                     "train": str(stage / "train.parquet"), "start": start, "out": str(stage / "out")}  # fmt: skip
-        _write_json(stage / "manifest.json", manifest)
+        write_json(stage / "manifest.json", manifest)
         return stage / "manifest.json"
 
     def _take(self, stage: Path) -> None:
@@ -199,7 +188,7 @@ def run(manifest_path: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)  # a requeued job starts clean
     detector.save(out / "model")
     fit = detector.fit_result_
-    _write_json(out / "result.json", {
+    write_json(out / "result.json", {
         "fit_result": {**{k: getattr(fit, k) for k in _RESULT_FIELDS}, "history": fit.history},
         "fit_metrics": detector.fit_metrics_, "host": socket.gethostname().split(".")[0],
         "device": fit.device, "seconds": time.perf_counter() - t0, "home": str(settings.home_path),
