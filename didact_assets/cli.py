@@ -150,12 +150,21 @@ def cmd_rollback(args, settings: Settings) -> int:
     if args.asset:
         from didact_core.data.warehouse import Warehouse
 
+        if args.model != "node":
+            raise DidactError("didact rollback --asset with --model", "rolls back a data partition, not a model",
+                              "drop --model, or drop --asset/--partition to roll a model's champion back")  # fmt: skip
         if not args.partition or args.to is None:
             raise DidactError("didact rollback --asset", "needs --partition DAY and --to VERSION")
         wh = Warehouse(settings.home_path)
         before = wh.require(args.asset, args.partition)
         info = wh.rollback(args.asset, args.partition, args.to, actor=args.actor or "", reason=args.reason or "")
         console.print(f"{args.asset}/{args.partition}: head v{before.version} → v{info.version} ({info.data_version})")
+        return 0
+    if args.model == "cluster":
+        from didact_core.cluster.nightly import cluster_model_name, rollback_cluster_champion  # lazy: mlflow and torch
+
+        res = rollback_cluster_champion(settings, to_version=args.to, actor=args.actor or "", reason=args.reason or "")
+        console.print(f"champion of {cluster_model_name(settings)}: v{res['from']} → v{res['to']}")
         return 0
     from didact_core.learn.continual import rollback_champion
 
@@ -202,6 +211,11 @@ def cmd_status(args, settings: Settings) -> int:
     rows = registry_status(settings)
     if rows:
         console.print(table(f"registered model {settings.model_name}", rows))
+    from didact_core.cluster.nightly import cluster_model_name  # lazy: mlflow and torch
+
+    cluster = settings.replace(model_name=cluster_model_name(settings))
+    if rows := registry_status(cluster):
+        console.print(table(f"registered model {cluster.model_name} (cluster model)", rows))
     return 0
 
 
@@ -321,8 +335,11 @@ def _add_data_parsers(sub) -> None:
     lg.add_argument("partition", nargs="?", type=args_.day, help="day YYYY-MM-DD (default: every partition)")
     lg.set_defaults(func=cmd_lineage)
 
-    rb = sub.add_parser("rollback", help="roll a data partition or the champion model back")
+    rb = sub.add_parser("rollback", help="roll a data partition or a model's champion back")
     rb.add_argument("--asset", help="data asset to roll back (omit to roll back the champion model)")
+    rb.add_argument("--model", choices=["node", "cluster"], default="node",
+                    help="which model's champion to roll back when --asset is omitted: node (the per-node model, "
+                    "default) or cluster (the cluster model, registered as <model_name>-cluster)")  # fmt: skip
     rb.add_argument("--partition", type=args_.day, help="day of the data partition, YYYY-MM-DD")
     rb.add_argument("--to", type=args_.version_number, help="version to restore (data: vN or N; model: registry version; "
                     "default for the model: the previous champion)")  # fmt: skip

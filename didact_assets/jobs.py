@@ -4,6 +4,9 @@ import dagster as dg
 
 from .partitions import daily_partitions
 
+#: the cluster model scores the day with the node champion: a retrain of champion_model redoes them
+CLUSTER_ASSETS = ("cluster_model", "cluster_evaluation")
+
 nightly_job = dg.define_asset_job(
     "nightly",
     selection=dg.AssetSelection.all(),
@@ -20,14 +23,17 @@ data_spine_job = dg.define_asset_job(
 
 retrain_job = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.assets("job_labels", "ai_ready_metrics", "ood_review", "champion_model", "model_evaluation"),
+    selection=dg.AssetSelection.assets("job_labels", "ai_ready_metrics", "ood_review", "champion_model", "model_evaluation",
+                                       *CLUSTER_ASSETS),  # fmt: skip
     partitions_def=daily_partitions,
-    description="Rebuild a day from its raw data and retrain on it (launched by the new-raw-data sensor).",
+    description="Rebuild a day from its raw data and retrain on it, the cluster model after the node model "
+    "(launched by the new-raw-data sensor).",
 )
 
 model_job = dg.define_asset_job(
     "retrain_model",
-    selection=dg.AssetSelection.assets("ood_review", "champion_model", "model_evaluation"),
+    selection=dg.AssetSelection.assets("ood_review", "champion_model", "model_evaluation", *CLUSTER_ASSETS),
     partitions_def=daily_partitions,
-    description="Retrain and evaluate on a day's existing AI-ready data (launched by the drift sensor).",
+    description="Retrain and evaluate on a day's existing AI-ready data, the cluster model after the node model "
+    "(launched by the drift sensor).",
 )

@@ -64,7 +64,8 @@ def _trains_itself(instance: dg.DagsterInstance, run_id: str) -> bool:
     job=retrain_job,
     minimum_interval_seconds=60,
     default_status=_DEFAULT_STATUS,
-    description="New raw data → retrain that day (AI-ready, review snapshot, model, evaluation).",
+    description="New raw data → retrain that day (AI-ready, review snapshot, model, evaluation, then the cluster "
+    "model and its evaluation).",
 )
 def new_raw_data_sensor(context: dg.SensorEvaluationContext):
     Settings.from_env()  # a bad DIDACT_* value fails this tick, not the retrain runs it would launch
