@@ -9,8 +9,10 @@ Node metrics (each :class:`Observation`):
   the streak);
 * ``node_watts`` — the node's power (a day's mean or the live reading).
 
-Cluster metric: ``cluster_watts`` — the sum of ``node_watts``.  A rule's ``hours``
-(``"17:00-21:00"`` UTC, may wrap midnight) limits it to peak hours.
+Cluster metrics: ``cluster_watts`` — the sum of ``node_watts``; ``cluster_incidents`` — the
+cluster model's incidents in the window (review-queue events on ``cluster`` or ``rack:<rack>``,
+which are never a node's OOD events).  A rule's ``hours`` (``"17:00-21:00"`` UTC, may wrap
+midnight) limits it to peak hours.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import pandas as pd
 from didact_core.errors import DidactError
 
 NODE_METRICS = ("ood_intervals", "ood_consecutive", "node_watts")
-CLUSTER_METRICS = ("cluster_watts",)
+CLUSTER_METRICS = ("cluster_watts", "cluster_incidents")
+#: the observations' key that holds the cluster model's incidents (not a node)
+INCIDENTS = "@incidents"
+
+
+def is_incident_scope(node: str) -> bool:
+    """A review-queue event of the cluster model (``cluster``, ``rack:<rack>``), not of a node."""
+    return node == "cluster" or node.startswith("rack:")
 _HOURS = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-4]):([0-5]\d)\s*$")
 
 
@@ -104,8 +113,13 @@ def observations_from_events(
         return {}
     if "node" not in df:
         raise DidactError("OOD events", "have no 'node' field", 'give each event {"node": …, "id": …, "ts": …}')
-    streaks = ood_streaks(df.dropna(subset=["ts"]), intervals) if "ts" in df else {}
+    incident = df["node"].astype(str).map(is_incident_scope).to_numpy(dtype=bool)
     out = {}
+    if incident.any():
+        ids = pd.to_numeric(df.loc[incident, "id"], errors="coerce").dropna() if "id" in df else pd.Series([], dtype=float)
+        out[INCIDENTS] = Observation(INCIDENTS, int(incident.sum()), int(ids.max()) if len(ids) else None)
+        df = df[~incident]
+    streaks = ood_streaks(df.dropna(subset=["ts"]), intervals) if "ts" in df else {}
     for node, g in df.groupby("node"):
         ids = pd.to_numeric(g["id"], errors="coerce").dropna() if "id" in g else pd.Series([], dtype=float)
         if "ood_intervals" in g and g["ood_intervals"].notna().any():
@@ -130,9 +144,12 @@ def with_power(observations: Mapping[str, Observation], watts: Mapping[str, floa
 
 
 def cluster_metrics(observations: Mapping[str, Observation]) -> dict[str, float]:
-    """``cluster_watts``: the sum over nodes that have power (NaN when none has)."""
+    """``cluster_watts``: the sum over nodes that have power (NaN when none has);
+    ``cluster_incidents``: the cluster model's incidents among the events."""
     ws = [o.watts for o in observations.values() if o.watts is not None and not math.isnan(o.watts)]
-    return {"cluster_watts": float(sum(ws)) if ws else math.nan}
+    incidents = observations.get(INCIDENTS)
+    return {"cluster_watts": float(sum(ws)) if ws else math.nan,
+            "cluster_incidents": float(incidents.ood_intervals if incidents else 0)}  # fmt: skip
 
 
 def power_from_json(doc, source: str) -> dict[str, float]:

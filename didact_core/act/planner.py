@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from didact_core.act import notify as webhook
 from didact_core.act.audit import AuditLog, now_utc
-from didact_core.act.conditions import Observation, cluster_metrics, in_hours, observations_from_events
+from didact_core.act.conditions import INCIDENTS, Observation, cluster_metrics, in_hours, observations_from_events
 from didact_core.act.nodes import NodeInfo, SlurmNodes
 from didact_core.act.policy import Policy, Rule
 from didact_core.act.powercap import PowerCaps
@@ -72,7 +72,7 @@ def propose(policy: Policy, observations: dict[str, Observation], nodes: dict[st
         if rule.cluster:
             proposals += _cluster_rule(policy, rule, cluster, observations, nodes, ctx, skipped, taken)
             continue
-        for name in sorted(set(nodes) | set(observations)):
+        for name in sorted(set(nodes) | set(observations) - {INCIDENTS}):
             obs = observations.get(name, Observation(name))
             metrics = obs.metrics()
             if not rule.holds(metrics):
@@ -114,11 +114,13 @@ def _cluster_rule(policy, rule, cluster, observations, nodes, ctx, skipped, take
     if not rule.holds(cluster):
         return []
     why = f"{rule.when} holds: {rule.metric} = {value:g}" + _in(rule)
-    tag = Observation(CLUSTER)
+    incidents = observations.get(INCIDENTS)  # its newest event id tells one incident's notify from the next
+    tag = Observation(CLUSTER, event_id=incidents.event_id) if rule.metric == "cluster_incidents" and incidents \
+        else Observation(CLUSTER)  # fmt: skip
     if rule.action == "notify":
         return [_proposal(rule, CLUSTER, tag, why, value)]
     if rule.action == "power-cap":
-        names = [n for n in sorted(set(nodes) | set(observations)) if n not in ctx.capped
+        names = [n for n in sorted(set(nodes) | set(observations) - {INCIDENTS}) if n not in ctx.capped
                  and not (nodes.get(n) and nodes[n].by_admin) and (n, True) not in taken]  # fmt: skip
         taken.update((n, True) for n in names)
         return [_proposal(rule, n, observations.get(n, Observation(n)), why, value) for n in names]

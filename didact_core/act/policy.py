@@ -167,6 +167,9 @@ def _rule(source: str, text: str, i: int, raw: dict) -> Rule:
                    f'write "<metric> <op> <number>", metric one of {", ".join(METRICS)}, op one of '
                    f'{" ".join(OPS)} (e.g. "ood_consecutive >= 3")')  # fmt: skip
     metric = m.group(1)
+    if metric == "cluster_incidents" and action != "notify":
+        raise _err(source, text, "action", i, f"{action} on cluster_incidents has no node to act on",
+                   'use action = "notify" for incidents (or a node metric for node actions)')  # fmt: skip
     if action == "shed" and metric not in CLUSTER_METRICS:
         raise _err(source, text, "when", i, f"shed plans for the whole cluster, but {metric} is a node's",
                    'write the condition on cluster_watts, e.g. when = "cluster_watts > 40000"')  # fmt: skip
