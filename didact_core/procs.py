@@ -40,11 +40,27 @@ def _load_prctl():
 _PRCTL = _load_prctl()
 
 
+#: the signals a service's child must obey (its stop, a forwarded Ctrl-C, its parent's death)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def default_signals() -> None:  # runs in the child before exec
+    """The stop signals unblocked and at their default action in the child: an ignored or
+    blocked SIGINT/SIGTERM inherited from whoever started didact (a shell's ``cmd &`` ignores
+    SIGINT; a library may block signals in the thread that forks) would make the child
+    deaf to didact's stop."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def pdeathsig() -> None:  # runs in the child before exec
-    """Ask Linux to SIGTERM the child when its parent dies (so nothing is left over).
+    """Ask Linux to SIGTERM the child when its parent dies (so nothing is left over), with
+    the stop signals at their defaults (:func:`default_signals`).
 
     Linux sends it when the *thread* that forked the child ends: start children from the
     main thread (or a thread that lives as long as they should)."""
+    default_signals()
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 

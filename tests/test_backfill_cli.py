@@ -25,6 +25,7 @@ from didact_assets.instance import ensure_instance
 from didact_assets.resources import DidactResource
 from didact_core.data import spine
 from didact_core.data.warehouse import Warehouse
+from didact_core.procs import default_signals
 
 from .days import fixed_days
 
@@ -147,7 +148,7 @@ def test_ctrl_c_stops_following_and_leaves_the_backfill_running(settings, didact
     bid = launch(capsys)
     proc = subprocess.Popen([sys.executable, "-m", "didact_assets.cli", "backfill", "status", bid], cwd=REPO,
                             env={**didact_env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals)  # fmt: skip
     lines = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from didact_assets.cli_output import Reporter, reporter
 from didact_assets.cli_services import _RecordProgress
-from didact_core.procs import alive, terminate_tree, tree
+from didact_core.procs import alive, default_signals, terminate_tree, tree
 from didact_core.testbed import ProgressEvent, format_event, free_port
 
 from .conftest import REPO
@@ -34,7 +34,8 @@ ANSI = "\x1b"
 def _didact(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen([sys.executable, "-m", "didact_assets.cli", *argv], cwd=REPO, env=env,
-                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=default_signals)  # fmt: skip
 
 
 def _wait_until(proc: subprocess.Popen, log: Path, ready, what: str, timeout: float = 120.0) -> None:
@@ -250,3 +251,23 @@ def test_recorder_progress_off_a_terminal_reports_segments_and_some_ticks(monkey
     ticks = [ln for ln in lines if ln.startswith("[1/2] cpu_1: ") or ln.startswith("[2/2] cpu_1: ")]
     assert 2 <= len(ticks) <= 6, lines  # a tick line every 30 s, not one a second
     assert any("left in total" in ln for ln in ticks)
+
+
+def test_a_services_child_obeys_stop_signals_its_parent_ignored_or_blocked():
+    """Started from a shell's ``cmd &`` (SIGINT ignored) or a thread that blocks signals,
+    didact would otherwise hand that deafness on to dagster, Prometheus and the rest."""
+    script = ("import signal, subprocess, sys\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+              "from didact_core.procs import pdeathsig\n"
+              "kw = {'preexec_fn': pdeathsig} if sys.argv[1] == 'fixed' else {}\n"
+              "print(subprocess.run(['grep', '-E', '^Sig(Blk|Ign)', '/proc/self/status'], capture_output=True, "
+              "text=True, **kw).stdout)\n")  # fmt: skip
+    masks = {}
+    for how in ("plain", "fixed"):
+        out = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, cwd=REPO, check=True)
+        masks[how] = {k: int(v, 16) for k, v in (ln.split(":\t") for ln in out.stdout.split("\n") if ":\t" in ln)}
+    bit = lambda sig: 1 << (int(sig) - 1)  # noqa: E731
+    assert masks["plain"]["SigIgn"] & bit(signal.SIGINT) and masks["plain"]["SigBlk"] & bit(signal.SIGTERM)
+    assert not masks["fixed"]["SigIgn"] & (bit(signal.SIGINT) | bit(signal.SIGTERM))
+    assert not masks["fixed"]["SigBlk"] & (bit(signal.SIGINT) | bit(signal.SIGTERM))

@@ -44,6 +44,7 @@ from didact_core.engine.slurm_records import (
     tasks_from_record,
 )
 from didact_core.errors import DidactError
+from didact_core.procs import default_signals
 from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
 
 from .conftest import REPO
@@ -183,7 +184,7 @@ def test_sigterm_to_the_waiting_process_cancels_its_job(executor, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", WAITER, executor.name, conf, str(logs)],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=default_signals)  # fmt: skip
     job_id = proc.stdout.readline().strip()
     deadline = time.monotonic() + 60
     while not (logs / "pid").exists():
