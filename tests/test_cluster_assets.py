@@ -22,10 +22,10 @@ from .days import fixed_days
 DAYS = fixed_days(2)
 
 
-@pytest.fixture(scope="module")
-def days_ready(tmp_path_factory) -> Settings:
-    """6 nodes × 2 threads in 2 racks of 3, 60 s scrapes; two days with a node champion."""
-    s = Settings(home=str(tmp_path_factory.mktemp("cluster") / "home"), nodes=6, cpus=2, interval_s=60.0, seed=3,
+def small_cluster_days(home, after_day=None) -> Settings:
+    """6 nodes × 2 threads in 2 racks of 3, 60 s scrapes; two days, each with a node champion
+    (and whatever ``after_day(settings, day)`` adds)."""
+    s = Settings(home=str(home), nodes=6, cpus=2, interval_s=60.0, seed=3,
                  workers=1, max_train_samples=4000, model_max_epochs=2, model_batch_size=512,
                  sim_nodes_per_rack=3, sim_multinode_share=0.5)  # fmt: skip
     for day in DAYS:
@@ -34,7 +34,14 @@ def days_ready(tmp_path_factory) -> Settings:
         pipeline.build_job_labels(s, d)
         pipeline.build_ai_ready(s, d)
         continual.train_day(s, day)
+        if after_day is not None:
+            after_day(s, day)
     return s
+
+
+@pytest.fixture(scope="module")
+def days_ready(tmp_path_factory) -> Settings:
+    return small_cluster_days(tmp_path_factory.mktemp("cluster") / "home")
 
 
 @pytest.fixture(scope="module")

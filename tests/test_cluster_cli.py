@@ -3,8 +3,6 @@ and in the retrain jobs the sensors launch."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import dagster as dg
 import pytest
 
@@ -13,12 +11,12 @@ from didact_assets.definitions import defs
 from didact_assets.sensors import drift_sensor, new_raw_data_sensor
 from didact_core.cluster import nightly
 from didact_core.config import Settings
-from didact_core.data import spine as pipeline
 from didact_core.data.warehouse import Warehouse
 from didact_core.learn import continual
 from didact_core.learn.registry import CHAMPION
 
 from .days import fixed_days
+from .test_cluster_assets import small_cluster_days
 
 DAYS = fixed_days(2)
 
@@ -26,16 +24,7 @@ DAYS = fixed_days(2)
 @pytest.fixture(scope="module")
 def two_cluster_versions(tmp_path_factory) -> Settings:
     """6 nodes × 2 threads in 2 racks of 3; two days, each with a node and a cluster model."""
-    s = Settings(home=str(tmp_path_factory.mktemp("cluster-cli") / "home"), nodes=6, cpus=2, interval_s=60.0, seed=3,
-                 workers=1, max_train_samples=4000, model_max_epochs=2, model_batch_size=512,
-                 sim_nodes_per_rack=3, sim_multinode_share=0.5)  # fmt: skip
-    for day in DAYS:
-        d = dt.date.fromisoformat(day)
-        pipeline.ingest_raw(s, d)
-        pipeline.build_job_labels(s, d)
-        pipeline.build_ai_ready(s, d)
-        continual.train_day(s, day)
-        nightly.train_cluster_day(s, day)
+    s = small_cluster_days(tmp_path_factory.mktemp("cluster-cli") / "home", after_day=nightly.train_cluster_day)
     reg = nightly.ClusterRegistry(s)
     if reg.alias(CHAMPION) != 2:  # the gate kept v1: make v2 champion by hand
         reg.promote(2)
