@@ -18,7 +18,7 @@ from didact_core.config import Settings
 from didact_core.data.review import ReviewQueue
 from didact_core.act.nodes import SlurmNodes
 from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
-from tests.test_act import steady
+from tests.test_act import POLICY, steady
 
 NOTIFY = """
 [[rule]]
@@ -118,21 +118,7 @@ def _chain(e) -> str:
     return "\n".join(out)
 
 
-DRAIN = """
-[limits]
-max_drained_fraction = 1.0
-
-[[rule]]
-name = "ood-drain"
-when = "ood_intervals >= 3"
-action = "drain"
-
-[[rule]]
-name = "ood-clear"
-when = "ood_intervals == 0"
-action = "resume"
-auto = true
-"""
+DRAIN = POLICY.format(per_hour=2, auto="true")  # the default drain rate
 
 
 @pytest.mark.slow
