@@ -7,6 +7,7 @@ The logic is :mod:`didact_core.cluster.nightly`; here only the Dagster wiring an
 import dagster as dg
 
 from ..partitions import daily_partitions
+from ..ops import RollbackConfig
 from ..resources import DidactResource
 from .common import day_of
 from .metadata import ui_metadata
@@ -84,16 +85,8 @@ def cluster_evaluation(context: dg.AssetExecutionContext, didact: DidactResource
     return dg.MaterializeResult(metadata=ui_metadata(figures))
 
 
-class ClusterRollbackConfig(dg.Config):
-    """Which cluster model version becomes champion again (empty: the previous champion)."""
-
-    to_version: int | None = None
-    reason: str = ""
-    actor: str = "dagster-ui"
-
-
 @dg.op(description="Move the cluster model's champion alias back; recorded in lineage with who, when and why.")
-def rollback_cluster_op(context: dg.OpExecutionContext, config: ClusterRollbackConfig, didact: DidactResource) -> dict:
+def rollback_cluster_op(context: dg.OpExecutionContext, config: RollbackConfig, didact: DidactResource) -> dict:
     from didact_core.cluster import nightly  # lazy: the registry imports mlflow (seconds)
 
     res = nightly.rollback_cluster_champion(didact.settings(), to_version=config.to_version, actor=config.actor,
