@@ -1,4 +1,9 @@
-"""The model path: champion_model (train + gate + promote) → model_evaluation."""
+"""The model path: champion_model (train + gate + promote) → model_evaluation.
+
+``champion_model`` first asks :func:`reconciled_training` whether the day's last version was
+registered by a run that failed before Dagster recorded it, from the data, code, settings
+and champion a training would use now: then it re-emits that version's outcome
+(``reconciled_from_run``) instead of training a second one."""
 
 import dagster as dg
 
@@ -7,7 +12,9 @@ from didact_core.learn.code_versions import EVAL_CODE_VERSION, TRAIN_CODE_VERSIO
 from ..partitions import daily_partitions
 from ..resources import DidactResource
 from .common import day_of
-from .metadata import champion_metadata, evaluation_metadata, rounded, ui_metadata
+from .metadata import (
+    RECONCILED_FROM_RUN, champion_metadata, evaluation_metadata, rounded, ui_metadata, unrecorded_publish,
+)
 from .review import ood_review
 from .telemetry import ai_ready_metrics
 
@@ -23,6 +30,30 @@ def job_metadata(job: dict | None) -> dict:
                        ("job_id", "states", "nodes", "elapsed_s", "tasks", "gpus", "trained_on")})  # fmt: skip
     out[f"{job['executor']}/log_dir"] = dg.MetadataValue.path(job["log_dir"])
     return out
+
+
+def reconciled_training(context, settings, day: str):
+    """(outcome, job metadata, publishing run) of the day's last training when its run failed
+    before Dagster recorded the materialisation (``metadata.unrecorded_publish``) and a
+    training now would repeat it (``learn.stored.changed_since``); None: train."""
+    from didact_core.learn import stored  # lazy: imports torch, as continual does
+
+    asset = stored.MODEL_ASSET
+    reg = stored.last_registration(settings, day)
+    if reg is None or not unrecorded_publish(context, asset, day, reg.run_id, ("model_version", reg.model_version)):
+        return None
+    changed = stored.changed_since(settings, reg)
+    if changed:
+        context.log.info(f"{asset} {day}: v{reg.model_version} was registered by run {reg.run_id}, which "
+                         f"failed before Dagster recorded it, but {changed}: training anew")  # fmt: skip
+        return None
+    context.log.warning(
+        f"{asset} {day}: reconciled — v{reg.model_version} was registered by run {reg.run_id}, which failed "
+        "before Dagster recorded the materialisation (e.g. a full disk); its data, code, settings and champion are "
+        "the current ones, so this run records that version instead of training another"
+    )
+    return stored.stored_outcome(settings, reg), reg.job, reg.run_id
+
 
 #: day D trains from the champion that day D-1 left: a backfill runs the days in order
 _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
@@ -53,8 +84,10 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
 
     settings = didact.settings()
     day = day_of(context, settings).isoformat()
-    job = None
-    if settings.executor == "slurm":  # the fit as one Slurm job; registration and the gate stay here
+    job, again = None, reconciled_training(context, settings, day)
+    if again is not None:
+        out, job, _ = again
+    elif settings.executor == "slurm":  # the fit as one Slurm job; registration and the gate stay here
         from didact_core.learn import job as training_job  # lazy: imports torch, as continual does
 
         out, job = training_job.train_day_as_job(settings, day, run_id=context.run_id, logger=context.log)
@@ -68,7 +101,8 @@ def champion_model(context: dg.AssetExecutionContext, didact: DidactResource) ->
         metadata={"gate": dg.MetadataValue.json(rounded(out.gate.metadata()))},
     )
     return dg.MaterializeResult(
-        metadata={**champion_metadata(out), **job_metadata(job)},
+        metadata={**champion_metadata(out), **job_metadata(job),
+                  **({RECONCILED_FROM_RUN: again[2] or "n/a"} if again else {})},
         data_version=dg.DataVersion(f"m{out.version.version}"),
         check_results=[gate],
     )
@@ -88,5 +122,6 @@ def model_evaluation(context: dg.AssetExecutionContext, didact: DidactResource) 
     from didact_core.learn import evaluate_day
 
     settings = didact.settings()
-    out = evaluate_day.evaluate_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id)
+    out = evaluate_day.evaluate_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id,
+                                    logger=context.log)
     return dg.MaterializeResult(metadata=evaluation_metadata(out))

@@ -22,6 +22,7 @@ and status rows are ``learn.champion`` (both re-exported here for callers).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -49,14 +50,22 @@ from didact_core.learn.split import (
 )
 
 __all__ = [
-    "MODEL_ASSET", "TRAIN_CODE_VERSION", "EvaluationOutcome", "TrainOutcome", "evaluate_day", "load_split",
-    "model_summary_rows", "registry_status", "rollback_champion", "train_day",
+    "INPUTS_TAG", "MODEL_ASSET", "TRAIN_CODE_VERSION", "EvaluationOutcome", "TrainOutcome", "evaluate_day",
+    "load_split", "model_summary_rows", "registry_status", "rollback_champion", "train_day", "training_inputs",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 #: samples of the held-out split the latent plot of a training run shows
 PLOT_SAMPLES = 5000
+#: the training run's MLflow tag with what it started from besides data and code (:func:`training_inputs`)
+INPUTS_TAG = "didact.training_inputs"
+#: the settings that shape a day's training and its gate
+TRAINING_SETTINGS = (
+    "model_name", "model_family", "model_lr", "model_max_epochs", "model_batch_size", "model_hidden",
+    "model_warm_start", "max_train_samples", "replay_fraction", "replay_days", "holdout_fraction",
+    "promotion_tolerance", "seed", "interval_s",
+)  # fmt: skip
 
 
 @dataclass
@@ -97,6 +106,8 @@ class DayData:
     replay_holdout: pd.DataFrame
     replay_days: list[str]
     data_versions: dict
+    #: ids of the rejected OOD events (whose samples are left out)
+    rejected_ids: list = field(default_factory=list)
 
     def train_frame(self) -> pd.DataFrame:
         parts = [self.today, self.replay, self.added.drop(columns=["review_id"])]
@@ -128,7 +139,22 @@ def load_day_data(settings: Settings, wh: Warehouse, day: str, features: tuple[s
     )
     data_versions = {f"{AI_READY}/{d}": wh.require(AI_READY, d).ref for d in [day, *replay_days]}
     return DayData(today, replay, accepted_samples(accepted, list(features)), accepted, excluded + excluded_replay,
-                   holdout, replay_holdout, replay_days, data_versions)  # fmt: skip
+                   holdout, replay_holdout, replay_days, data_versions, rejected["id"].tolist())  # fmt: skip
+
+
+def training_inputs(settings: Settings, rejected_ids, accepted_ids) -> dict:
+    """What a day's training starts from besides its data and code versions: the settings
+    that shape it, the model's features, and the review's verdicts (digests of the rejected
+    events' and of the accepted-not-yet-trained events' ids).  Recorded as the run's
+    :data:`INPUTS_TAG`; ``learn.stored`` compares it with now's before re-emitting a version."""
+
+    def digest(ids) -> str:
+        return hashlib.sha256(json.dumps(sorted(int(i) for i in ids)).encode()).hexdigest()[:16]
+
+    values = {k: getattr(settings, k) for k in TRAINING_SETTINGS}
+    out = {**values, "features": list(model_features(settings)),
+           "rejected_reviews": digest(rejected_ids), "accepted_reviews": digest(accepted_ids)}  # fmt: skip
+    return json.loads(json.dumps(out, default=str))  # as stored: tuples become lists
 
 
 def _drop_rejected(frame: pd.DataFrame, rejected: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, int]:
@@ -224,8 +250,10 @@ def _train_and_register(settings, registry, day, data: DayData, challenger, cham
     import mlflow
 
     features = list(challenger.feature_names)
+    inputs = training_inputs(settings, data.rejected_ids, data.accepted["id"].tolist())
     tags = {"didact.day": day, "didact.kind": "train", "didact.dagster_run_id": run_id or "",
-            "didact.parent_version": str(parent or ""), "didact.code_version": TRAIN_CODE_VERSION}  # fmt: skip
+            "didact.parent_version": str(parent or ""), "didact.code_version": TRAIN_CODE_VERSION,
+            INPUTS_TAG: json.dumps(inputs, sort_keys=True)}  # fmt: skip
     with registry.run(f"train {day}", tags=tags) as run:
         mlflow.log_params({f"model.{k}": v for k, v in challenger.config.to_dict().items()})
         mlflow.log_params({
