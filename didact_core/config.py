@@ -266,6 +266,8 @@ class Settings(BaseModel):
     holdout_fraction: float = _doc(0.2, "fraction of each day held out for evaluation and the gate")
     promotion_tolerance: float = _doc(0.05, "how much worse (relative error) a challenger may be and pass")
     openset_eval: Bool = _doc(False, "also train one model per flavour left out (open-set AUC; slow)")
+    eval_recordings: PathStr = _doc("", "folders of didact testbed export slices, os.pathsep-separated "
+                                        "(a:b), that model_evaluation judges within and across; empty = none")
     # Dagster schedule and sensors
     nightly_at: str = _doc("02:30", "UTC time of day (HH:MM) of the nightly run")
     schedule_enabled: Bool = _doc(True, "the nightly schedule starts running")

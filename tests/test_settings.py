@@ -203,13 +203,14 @@ def test_the_launchpad_offers_every_setting_but_the_secrets(tmp_path, monkeypatc
         "topology": "pattern:node(?P<rack>\\d\\d)",
         "sim_straggler_rate": 0.5,
         "act_policy": str(tmp_path / "act.toml"),
+        "eval_recordings": f"{tmp_path / 'rec-a'}{os.pathsep}{tmp_path / 'rec-b'}",
     }
     s = DidactResource(**changed).settings()
     assert (
         s.prometheus_nodes == ("n1", "n2") and s.model_hidden == (64, 32) and s.prometheus_tls_verify is False
     )
     keys = ("labels_csv", "prometheus_url", "prometheus_node_label", "prometheus_timeout_s", "schedule_enabled",
-            "drift_threshold", "topology", "sim_straggler_rate", "act_policy")  # fmt: skip
+            "drift_threshold", "topology", "sim_straggler_rate", "act_policy", "eval_recordings")  # fmt: skip
     assert {k: getattr(s, k) for k in keys} == {k: changed[k] for k in keys}
     # the secrets come from the environment, read in the run
     monkeypatch.setenv("DIDACT_PROMETHEUS_PASSWORD", "s3cret")

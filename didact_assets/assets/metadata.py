@@ -9,7 +9,8 @@ so the asset bodies stay a few lines.
   :data:`MAX_IMAGE_BYTES` so the event log stays small;
 * a head re-emitted instead of rebuilt (:func:`reconciled`): published by a run that failed
   before Dagster recorded its materialisation (a full disk between didact's commit and
-  Dagster's event write), marked ``reconciled_from_run``.
+  Dagster's event write), marked ``reconciled_from_run``; ``champion_model``'s registered
+  version likewise (``models.reconciled_training``, ``learn.stored``).
 """
 
 from __future__ import annotations
@@ -147,8 +148,12 @@ _EVAL_KEYS = ("mean_error", "latent_knn_accuracy", "pca2_knn_accuracy", "raw_knn
 
 
 def evaluation_metadata(out) -> dict:
-    """What ``model_evaluation`` shows (``out``: ``learn.evaluate_day.EvaluationOutcome``)."""
-    meta = {
+    """What ``model_evaluation`` shows (``out``: ``learn.evaluate_day.EvaluationOutcome``); the
+    cross-recording latent kNN by segment (``DIDACT_EVAL_RECORDINGS``) first: the headline."""
+    head = "cross_latent_knn_by_segment"
+    meta = {f"{who}/recordings/{head}": sets["recordings"].get(head)
+            for who, sets in out.metrics.items() if "recordings" in sets}  # fmt: skip
+    meta |= {
         "champion_version": out.champion_version,
         "challenger_version": out.challenger_version,
         "parent_version": out.parent_version if out.parent_version is not None else "none",
@@ -157,6 +162,11 @@ def evaluation_metadata(out) -> dict:
     }
     for who, sets in out.metrics.items():
         for name, m in sets.items():
+            if name == "recordings":  # each recording within itself, each pair across (why: side_by_side)
+                meta[f"{who}/recordings/within_latent_knn_by_segment"] = m.get("within_latent_knn_by_segment")
+                meta.update({f"{who}/recordings/{k}/latent_knn_by_segment": v.get("latent_knn_by_segment")
+                             for k, v in m.items() if isinstance(v, dict)})  # fmt: skip
+                continue
             meta.update({f"{who}/{name}/{k}": float(m[k]) for k in _EVAL_KEYS if m.get(k) is not None})
             if name == "openset" and m.get("openset_auc") is not None:
                 meta[f"{who}/openset_auc"] = float(m["openset_auc"])

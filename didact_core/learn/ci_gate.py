@@ -203,11 +203,15 @@ def reference_set(profile: Profile, columns: list[str], raw: tuple[dict, str] | 
 
 
 def load_fixture(folder: Path, columns: list[str]) -> tuple[pd.DataFrame, str | None]:
-    """The real labelled fixture: every sub-folder of ``folder`` holding a raw recording slice
+    """The real labelled fixture: ``folder`` itself or every sub-folder of it holding a raw recording slice
     (``cpu.parquet``, optional ``node_metrics.parquet``, ``labels.csv``: what ``didact testbed
     export`` writes), preprocessed here into the model's ``columns`` by the code under test,
     labelled; and the hash of the raw tables.  No folder, or no slice: empty."""
-    slices = sorted(p.parent for p in Path(folder).glob("*/cpu.parquet")) if Path(folder).is_dir() else []
+    folder = Path(folder)
+    if (folder / "cpu.parquet").is_file():  # the folder is one slice itself
+        slices = [folder]
+    else:
+        slices = sorted(p.parent for p in folder.glob("*/cpu.parquet")) if folder.is_dir() else []
     if not slices:
         return pd.DataFrame(), None
     base, window = split_feature_columns(columns)

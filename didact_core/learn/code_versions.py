@@ -16,5 +16,5 @@ TRAIN_CODE_VERSION = code_version(
 )
 #: ``model_evaluation``
 EVAL_CODE_VERSION = code_version(
-    "learn/evaluate_day", "learn/split", "learn/evaluation", "learn/separability", "learn/registry",
+    "learn/evaluate_day", "learn/recordings_eval", "learn/split", "learn/evaluation", "learn/separability", "learn/registry",
 )

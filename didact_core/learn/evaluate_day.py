@@ -4,7 +4,10 @@
 trained from on D's held-out split, the replay days' held-out splits and the first
 days' (forgetting): reconstruction error (overall, per flavour), OOD rate, fault
 ROC-AUC, latent separability, PCA agreement, open-set AUC and the rejected OOD events'
-ROC-AUC; logged as one MLflow run with the latent and error plots.
+ROC-AUC; with ``DIDACT_EVAL_RECORDINGS``, on real labelled recordings too (``recordings``:
+each within itself and every ordered pair across, by whole segments; the headline is
+``recordings.cross_latent_knn_by_segment``, see ``learn.recordings_eval``); logged as one
+MLflow run with the latent and error plots.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from didact_core.errors import DataQualityError, DidactError
 from didact_core.learn.champion import MODEL_ASSET
 from didact_core.learn.code_versions import EVAL_CODE_VERSION
 from didact_core.learn.evaluation import pca_structure_agreement, plot_error_hist, plot_latent, roc_auc
+from didact_core.learn.recordings_eval import flat_metrics, recording_folders, recordings_metrics
 from didact_core.learn.registry import CHAMPION, ModelRegistry, log_png
 from didact_core.learn.separability import openset, separability
 from didact_core.learn.split import (
@@ -56,13 +60,16 @@ class EvaluationOutcome:
     plots: dict = field(default_factory=dict)
 
 
-def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> EvaluationOutcome:
+def evaluate_day(settings: Settings, day: str, run_id: str | None = None,
+                 logger: logging.Logger | None = None) -> EvaluationOutcome:  # fmt: skip
     """The day's challenger vs the champion it was trained from, side by side, on the
     day's held-out split, the replay days' held-out splits and the first days'
-    (forgetting); logged as an MLflow run."""
+    (forgetting), and on the recordings of ``settings.eval_recordings``; logged as an
+    MLflow run.  ``logger``: where progress goes (the module's log by default)."""
     # lazy: mlflow takes seconds to import
     import mlflow
 
+    recordings = recording_folders(settings)  # a bad folder fails before any work
     wh = Warehouse(settings.home_path, settings.retention_versions)
     features = list(model_features(settings))
     check_day_features(wh, day, tuple(features))
@@ -90,6 +97,9 @@ def evaluate_day(settings: Settings, day: str, run_id: str | None = None) -> Eva
             metrics[who]["openset"] = openset(settings, train[known], holdout.head(EVAL_SAMPLES), features)
         if len(rejected_events):
             metrics[who]["review"] = _review_metrics(det, holdout, rejected_events, features)
+    if recordings:
+        for who, section in recordings_metrics(settings, recordings, models, logger).items():
+            metrics[who]["recordings"] = section
 
     tags = {"didact.day": day, "didact.kind": "evaluate", "didact.dagster_run_id": run_id or "",
             "didact.champion_version": str(champion_v), "didact.challenger_version": str(challenger_v),
@@ -179,10 +189,14 @@ def _review_metrics(det, holdout: pd.DataFrame, rejected_events: pd.DataFrame, f
 
 
 def _flat_metrics(metrics: dict) -> dict[str, float]:
-    """``who.set.metric`` numbers for MLflow (dicts of :data:`PER_KEY_METRICS` one per key)."""
+    """``who.set.metric`` numbers for MLflow (dicts of :data:`PER_KEY_METRICS` one per key;
+    every number of ``recordings``, at any depth)."""
     flat = {}
     for who, per_set in metrics.items():
         for name, m in per_set.items():
+            if name == "recordings":
+                flat.update(flat_metrics(f"{who}.{name}", m))
+                continue
             for k, v in m.items():
                 if isinstance(v, (int, float)) and v is not None:
                     flat[f"{who}.{name}.{k}"] = v
