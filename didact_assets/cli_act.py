@@ -27,6 +27,7 @@ from didact_core.act.conditions import power_from_json, scoring_intervals, with_
 from didact_core.act.live import live_events
 from didact_core.act.metrics import registry, textfile_path, write_textfile
 from didact_core.act.nodes import NoSlurm
+from didact_core.act.peers import live_peers, peer_frame, peer_intervals, with_peers
 from didact_core.act.planner import shed_nodes
 from didact_core.act.powercap import PowerCaps
 from didact_core.act.queue import apply_reviewed, queue_proposals
@@ -53,6 +54,9 @@ def add_parsers(sub) -> None:
                        help="judge a stored day instead of the live window: all its review-queue events")  # fmt: skip
         p.add_argument("--power", type=Path, default=None,
                        help='JSON of node watts, {"n1": 310} or [{"node", "watts"}] (default: Slurm\'s CurrentWatts)')  # fmt: skip
+        p.add_argument("--peers", type=Path, default=None,
+                       help='JSON of job-peer scores [{"job", "node", "score", "ts"}] for job_peer_score rules '
+                       "(default: the cluster model's didact_job_peer_score from DIDACT_PROMETHEUS_URL)")  # fmt: skip
         p.add_argument("--at", default=None, metavar="ISO-TIME",
                        help="the UTC time a rule's peak hours are judged at (default: now)")  # fmt: skip
         p.add_argument("--slurm-conf", type=Path, default=None, help="slurm.conf (default: SLURM_CONF or Slurm's)")
@@ -110,6 +114,7 @@ def _run(args, settings: Settings, audit: AuditLog, caps: PowerCaps, queue: Revi
     policy = load_policy(args.policy)
     observations = with_power(observations_from_events(*_events(args, queue)), _power(args, slurm))
     at = _at(args.at)
+    observations = with_peers(observations, *_peers(args, settings, policy, at))
     if args.action == "plan":
         proposals, skipped = plan(policy, observations, slurm, audit, caps, now=at)
         live = args.day is None and args.at is None  # a stored day's or another hour's plan is not queued
@@ -193,6 +198,27 @@ def _power(args, slurm: SlurmNodes) -> dict[str, float]:
         raise DidactError(f"power file {args.power}", f"cannot be read as JSON ({e})",
                           'write {"node01": 310.5, …} (watts per node)') from None  # fmt: skip
     return power_from_json(doc, str(args.power))
+
+
+def _peers(args, settings: Settings, policy, at: dt.datetime | None):
+    """(peer scores, the intervals looked at, or None): ``--peers``, else Prometheus (not for ``--day``)."""
+    if args.peers is not None:
+        try:
+            doc = json.loads(args.peers.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DidactError(f"peer scores file {args.peers}", f"cannot be read as JSON ({e})",
+                              'write a JSON list like [{"job": "4242", "node": "n1", "score": 9.5, "ts": "…"}]') from None  # fmt: skip
+        return peer_frame(doc, str(args.peers)), None
+    if not peer_intervals(policy):
+        return None, None
+    if args.day is not None:
+        console.print("job_peer_score rules: a stored day keeps no peer scores; they hold for no node (pass --peers FILE)")
+        return None, None
+    try:
+        return live_peers(settings, policy, at or dt.datetime.now(dt.timezone.utc))
+    except DidactError as e:
+        raise DidactError(f"job peer scores for {policy.source}", f"cannot be read from Prometheus ({e})",
+                          "start Prometheus scraping didact serve, set DIDACT_PROMETHEUS_URL, or pass --peers FILE.json") from None  # fmt: skip
 
 
 def _events(args, queue: ReviewQueue):

@@ -1,8 +1,8 @@
 """The act sensor: proposes node actions from the live state (docs/act.md, "The sensor").
 
 Each tick (every minute while it runs) reads the policy named by ``DIDACT_ACT_POLICY`` (the
-resource's ``act_policy``), plans from the review queue's pending OOD events and Slurm's
-nodes, puts the proposals that need approval into the review queue (``didact review
+resource's ``act_policy``), plans from the review queue's pending OOD events, Slurm's
+nodes and (for ``job_peer_score`` rules) the cluster model's peer scores in Prometheus, puts the proposals that need approval into the review queue (``didact review
 accept ID``, then ``didact act apply``) and applies only the proposals of ``auto = true``
 rules.  It launches no runs: every tick ends in a SkipReason that says what it saw and did.
 Stopped by default (start it in the UI or with ``dagster sensor start act_sensor``): it

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from didact_core.act import AuditLog, NodeInfo, Observation, SlurmNodes, apply, parse_policy, plan
+from didact_core.act.peers import peer_frame, with_peers
 from didact_core.act.planner import observations_from_events, propose
 from didact_core.errors import DidactError
 from didact_core.act.shed import suspend_rules
@@ -268,6 +269,64 @@ def test_the_cli_plans_from_the_review_queue_applies_the_approval_and_logs(clust
     out = capsys.readouterr().out
     for word in ("proposal", "approval", "refused", "action"):
         assert word in out
+
+
+# -- job-peer stragglers and partitions on the real Slurm (slow; unit tests: test_act_peers.py) --
+
+STRAGGLER = """
+[limits]
+max_drained_fraction = 1.0  # a one-node cluster
+
+[[rule]]
+name = "peer-drain"
+when = "job_peer_score >= 8"
+for_intervals = 3
+action = "drain"
+
+[[rule]]
+name = "ood-clear"
+when = "ood_intervals == 0"
+action = "resume"
+auto = true
+"""
+
+
+@pytest.mark.slow
+def test_a_straggler_is_drained_with_its_job_and_score_and_resumed_when_the_job_is_gone(cluster, node, tmp_path):
+    slurm, audit, p = SlurmNodes(conf=cluster.conf), AuditLog(tmp_path / "audit.jsonl"), parse_policy(STRAGGLER)
+    rows = [{"job": "4242", "node": n, "score": s, "ts": f"2026-02-10T12:00:{15 * i:02d}Z"}
+            for i in range(3) for n, s in ((node, 12.0 + i), ("peer1", 0.5), ("peer2", 0.7))]  # fmt: skip
+    seen = with_peers({node: Observation(node, 1, 42)}, peer_frame(rows, "feed"))  # and one OOD event
+    props, _ = plan(p, seen, slurm, audit)
+    assert [(x.node, x.action, x.job) for x in props] == [(node, "drain", "4242")]
+    out = apply(p, seen, slurm, audit, approve=[props[0].id], actor="op")
+    assert [(r["kind"], r["action"], r["job"]) for r in out] == [("action", "drain", "4242")]
+    assert _reason(cluster) == "didact: peer-drain straggler in job 4242, peer score 14 (event 42)"
+    straggling = with_peers({}, peer_frame(rows, "feed"))  # no OOD event now: ood-clear holds, peer-drain too
+    assert apply(p, straggling, slurm, audit) == [] and "DRAIN" in cluster.node_state()
+    out = apply(p, {}, slurm, audit)  # the job ended: no peer scores, the auto resume rule holds
+    assert [(r["kind"], r["action"]) for r in out] == [("action", "resume")] and "DRAIN" not in cluster.node_state()
+
+
+@pytest.mark.slow
+def test_a_node_in_two_partitions_counts_against_each(cluster, node, tmp_path):
+    """A second partition made at run time (``scontrol create``; the harness's slurm.conf has one)."""
+    cluster.scontrol("create", "PartitionName=second", f"Nodes={node}", "State=UP")
+    try:
+        slurm, audit = SlurmNodes(conf=cluster.conf), AuditLog(tmp_path / "audit.jsonl")
+        assert set(slurm.nodes()[node].partitions) == {"debug", "second"}
+        own = parse_policy(POLICY.format(per_hour=5, auto="false").replace(
+            "max_drained_fraction = 1.0", "max_drained_fraction = 1.0\npartitions = { second = 0.5 }"), "act.toml")  # fmt: skip
+        bad = {node: Observation(node, 3, 7)}
+        props, _ = plan(own, bad, slurm, audit)
+        out = apply(own, bad, slurm, audit, approve=[props[0].id])
+        assert [(r["kind"], r["why"]) for r in out] == [
+            ("refused", "1 of 1 nodes of partition second would be out of service, more than limits.partitions.second = 0.5")]
+        assert "DRAIN" not in cluster.node_state()
+        assert apply(policy(), bad, slurm, audit, approve=[props[0].id])[0]["kind"] == "action"  # 1.0 everywhere
+        assert "DRAIN" in cluster.node_state()
+    finally:
+        cluster.scontrol("delete", "PartitionName=second")
 
 
 # -- shed on the real Slurm (slow; the planner's unit tests are in test_act_shed.py) -----------

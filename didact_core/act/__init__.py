@@ -1,13 +1,14 @@
 """Acting on what didact sees: drain/resume/notify/power-cap/shed, dry run first.
 
 Owns the policy file (``policy``), what a policy compares (``conditions``: OOD streaks,
-node and cluster watts, peak hours), the plan of proposals and their approved application
-with rate limits and the administrator's-drain guard (``planner``), the node controls
-under the engine's Slurm watchdog (``nodes``), RAPL power caps restored on exit
-(``powercap``), peak-hour shedding within Slurm power saving's rules (``shed``), the
-Alertmanager-style webhook (``notify``), the audit (``audit``: a JSON-lines file and the
-lineage table) and its ``didact_act_*`` metrics (``metrics``), approval through the review
-queue (``queue``) and one look at the live state for the Dagster sensor (``live``).
+node and cluster watts, cluster incidents, peak hours; ``peers``: the cluster model's job-peer
+scores, stragglers), the plan of proposals and their approved application with rate limits,
+the per-partition out-of-service fraction (``limits``) and the administrator's-drain guard
+(``planner``), the node controls under the engine's Slurm watchdog (``nodes``), RAPL power
+caps restored on exit (``powercap``), peak-hour shedding within Slurm power saving's rules
+(``shed``), the Alertmanager-style webhook (``notify``), the audit (``audit``: a JSON-lines
+file and the lineage table) and its ``didact_act_*`` metrics (``metrics``), approval through
+the review queue (``queue``) and one look at the live state for the Dagster sensor (``live``).
 """
 
 from didact_core.act.audit import AuditLog

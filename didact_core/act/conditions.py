@@ -7,7 +7,9 @@ Node metrics (each :class:`Observation`):
   in (serving writes one event per interval in which a node is OOD, and one
   ``scoring_stats`` row per interval it scored; an interval the node was not OOD in ends
   the streak);
-* ``node_watts`` — the node's power (a day's mean or the live reading).
+* ``node_watts`` — the node's power (a day's mean or the live reading);
+* ``job_peer_score`` — how unlike its peers in a multi-node job the node is (the cluster model's
+  ``didact_job_peer_score``), judged over a rule's ``for_intervals`` (:mod:`~didact_core.act.peers`).
 
 Cluster metrics: ``cluster_watts`` — the sum of ``node_watts``; ``cluster_incidents`` — the
 cluster model's incidents in the window (review-queue events on ``cluster`` or ``rack:<rack>``,
@@ -21,7 +23,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -29,6 +31,8 @@ from didact_core.errors import DidactError
 
 NODE_METRICS = ("ood_intervals", "ood_consecutive", "node_watts")
 CLUSTER_METRICS = ("cluster_watts", "cluster_incidents")
+#: a node's robust z against its job's peers (per job and interval: :mod:`didact_core.act.peers`)
+PEER_METRIC = "job_peer_score"
 #: the observations' key that holds the cluster model's incidents (not a node)
 INCIDENTS = "@incidents"
 
@@ -41,13 +45,15 @@ _HOURS = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*-\s*([01]?\d|2[0-4]):([0-
 
 @dataclass(frozen=True)
 class Observation:
-    """What didact sees of one node: OOD intervals (all / newest in a row), newest event id, watts."""
+    """What didact sees of one node: OOD intervals (all / newest in a row), newest event id, watts,
+    and its peer scores: per job, the newest intervals' scores, newest first (NaN: not scored)."""
 
     node: str
     ood_intervals: int = 0
     event_id: int | None = None
     ood_consecutive: int = 0
     watts: float | None = None
+    peers: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def metrics(self) -> dict[str, float]:
         return {"ood_intervals": self.ood_intervals, "ood_consecutive": self.ood_consecutive,
@@ -138,8 +144,7 @@ def with_power(observations: Mapping[str, Observation], watts: Mapping[str, floa
     """``observations`` with each node's watts (nodes that only have power join them)."""
     out = dict(observations)
     for node, w in watts.items():
-        o = out.get(node, Observation(node))
-        out[node] = Observation(o.node, o.ood_intervals, o.event_id, o.ood_consecutive, float(w))
+        out[node] = replace(out.get(node, Observation(node)), watts=float(w))
     return out
 
 

@@ -1,7 +1,10 @@
 """One look at the live state (the Dagster act sensor's body, ``didact_assets/sensors_act.py``).
 
 Reads the policy (``DIDACT_ACT_POLICY``), the review queue's pending OOD events of the last
-``LIVE_WINDOW_MIN`` minutes with their scoring intervals, Slurm's node states and watts;
+``LIVE_WINDOW_MIN`` minutes with their scoring intervals, Slurm's node states and watts, and —
+when a rule reads ``job_peer_score`` — the cluster model's peer scores from Prometheus
+(:func:`~didact_core.act.peers.live_peers`; Prometheus down: those rules hold for no node and
+the message says so, the other rules go on);
 plans; puts each proposal that needs approval into the review queue (recorded once, when
 its item is new); applies the ``auto`` rules' proposals that still hold — never anything
 else: accepted review items wait for ``didact act apply``.  Returns the message the sensor
@@ -19,12 +22,14 @@ from didact_core.act.audit import AuditLog, now_utc, summary
 from didact_core.act.conditions import observations_from_events, scoring_intervals, with_power
 from didact_core.act.metrics import textfile_path, write_textfile
 from didact_core.act.nodes import NoSlurm, SlurmNodes
+from didact_core.act.peers import live_peers, with_peers
 from didact_core.act.planner import apply, context, propose
 from didact_core.act.policy import load_policy
 from didact_core.act.powercap import PowerCaps
 from didact_core.act.queue import queue_proposals
 from didact_core.config import Settings
 from didact_core.data.review import ReviewQueue
+from didact_core.errors import DidactError
 
 LIVE_WINDOW_MIN = 30.0  # minutes of pending OOD events that count (``didact act plan``'s default --window)
 NO_POLICY = "no act policy: set DIDACT_ACT_POLICY (or the resource's act_policy) to a policy TOML (docs/act.md)"
@@ -55,6 +60,7 @@ def tick(settings: Settings, notified: Mapping[str, str] | None = None,
     if not settings.act_policy:
         return NO_POLICY, notified
     policy = load_policy(settings.act_policy)
+    peers_note = ""
     queue = ReviewQueue(settings)
     audit = AuditLog.under(settings.home_path, queue.wh)
     caps = PowerCaps.under(settings.home_path, settings.powercap_root, audit=audit)
@@ -64,13 +70,17 @@ def tick(settings: Settings, notified: Mapping[str, str] | None = None,
         events, intervals = live_events(queue, LIVE_WINDOW_MIN, now)
         watts = {n: i.watts for n, i in nodes.items() if i.watts is not None}
         observations = with_power(observations_from_events(events, intervals), watts)
+        try:
+            observations = with_peers(observations, *live_peers(settings, policy, at))
+        except DidactError as e:
+            peers_note = f"job peer scores unavailable, job_peer_score rules hold for no node: {e}"
         proposals, skipped = propose(policy, observations, nodes, context(policy, slurm, audit, caps, now))
         queued = queue_proposals(queue, proposals, audit)
         outcomes = apply(policy, observations, slurm, audit, actor="sensor", now=now, caps=caps,
                          webhook_url=policy.notify_url or settings.act_webhook_url, skip_auto=notified)  # fmt: skip
     finally:
         write_textfile(textfile_path(settings), audit, caps)
-    parts = []
+    parts = [peers_note] if peers_note else []
     if outcomes:
         parts.append("auto: " + "; ".join(summary(o) for o in outcomes))
     waiting = sorted(queue.act_items("pending")[["id", "action", "node"]].itertuples(index=False))

@@ -5,10 +5,13 @@ the audit log.  ``apply`` executes a proposal only when it was approved (``--app
 or its rule is ``auto``, and only if it still holds *now*: the plan is made again from the
 current observations and node states, and an approval whose condition has cleared is
 refused.  Drains and sheds also pass the rate limits (drains per rolling hour; Slurm's
-``SuspendRate`` per minute) and the largest share of nodes out of service; a node an
-administrator drained or downed is never touched.  ``power-cap`` writes RAPL limits on this
-host (:mod:`~didact_core.act.powercap`), ``notify`` POSTs an Alertmanager-style webhook
-(:mod:`~didact_core.act.notify`), ``shed`` suspends idle nodes (:mod:`~didact_core.act.shed`).
+``SuspendRate`` per minute) and the largest share of each Slurm partition out of service
+(:mod:`~didact_core.act.limits`); a node an administrator drained or downed is never touched,
+and a node didact drained is not resumed while the rule that drained it still holds.
+``job_peer_score`` rules (:mod:`~didact_core.act.peers`) name the job the node straggles in.
+``power-cap`` writes RAPL limits on this host (:mod:`~didact_core.act.powercap`), ``notify``
+POSTs an Alertmanager-style webhook (:mod:`~didact_core.act.notify`), ``shed`` suspends idle
+nodes (:mod:`~didact_core.act.shed`).
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
-import math
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from didact_core.act import notify as webhook
 from didact_core.act.audit import AuditLog, now_utc
-from didact_core.act.conditions import INCIDENTS, Observation, cluster_metrics, in_hours, observations_from_events
+from didact_core.act.conditions import (
+    INCIDENTS,
+    PEER_METRIC,
+    Observation,
+    cluster_metrics,
+    in_hours,
+    observations_from_events,
+)
+from didact_core.act.limits import OutOfService
 from didact_core.act.nodes import NodeInfo, SlurmNodes
+from didact_core.act.peers import straggler
 from didact_core.act.policy import Policy, Rule
 from didact_core.act.powercap import PowerCaps
 from didact_core.act.shed import SHED_PREFIX, SuspendRules, shed, shed_plan, suspend_rules
@@ -44,10 +56,11 @@ class Proposal:
     auto: bool
     event_id: int | None = None
     watts: float | None = None  # power-cap: the package limit
+    job: str | None = None  # job_peer_score: the job the node straggles in
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.rule, self.node, self.action)
+    def key(self) -> tuple[str, str, str, str | None]:
+        return (self.rule, self.node, self.action, self.job)
 
 
 @dataclass
@@ -74,11 +87,11 @@ def propose(policy: Policy, observations: dict[str, Observation], nodes: dict[st
             continue
         for name in sorted(set(nodes) | set(observations) - {INCIDENTS}):
             obs = observations.get(name, Observation(name))
-            metrics = obs.metrics()
-            if not rule.holds(metrics):
+            hit = _hit(rule, obs)
+            if hit is None:
                 continue
+            value, why, job = hit
             info = nodes.get(name)
-            why = f"{rule.when} holds: {rule.metric} = {metrics[rule.metric]:g}" + _in(rule)
             if rule.action != "notify":
                 if info is None and rule.action != "power-cap":
                     skipped.append((rule.name, name, "not a Slurm node"))
@@ -88,11 +101,38 @@ def propose(policy: Policy, observations: dict[str, Observation], nodes: dict[st
                     continue
                 if _done(rule, info, name, ctx):
                     continue
+                if rule.action == "resume" and (held := _still_held(policy, info, obs)):
+                    skipped.append((rule.name, name, held))
+                    continue
                 if (name, rule.action == "power-cap") in taken:  # one Slurm action (and one cap) per node and plan
                     continue
                 taken.add((name, rule.action == "power-cap"))
-            proposals.append(_proposal(rule, name, obs, why, metrics[rule.metric]))
+            proposals.append(_proposal(rule, name, obs, why, value, job))
     return proposals, skipped
+
+
+def _hit(rule: Rule, obs: Observation) -> tuple[float, str, str | None] | None:
+    """(value, why, job) when ``rule``'s condition holds for the node, else None."""
+    if rule.metric == PEER_METRIC:
+        s = straggler(obs, rule.op, rule.value, rule.for_intervals)
+        if s is None:
+            return None
+        return s.score, (f"{rule.when} in {rule.for_intervals} interval(s) in a row: straggler in job {s.job}, "
+                         f"peer score {s.score:.3g} (newest; {s.intervals} interval(s) so far)" + _in(rule)), s.job  # fmt: skip
+    metrics = obs.metrics()
+    if not rule.holds(metrics):
+        return None
+    return metrics[rule.metric], f"{rule.when} holds: {rule.metric} = {metrics[rule.metric]:g}" + _in(rule), None
+
+
+def _still_held(policy: Policy, info: NodeInfo, obs: Observation) -> str | None:
+    """Why a node didact drained stays drained: the rule named in its reason still holds (no flapping
+    between a straggler drain and an ``ood_intervals == 0`` resume), or None."""
+    m = re.match(r"didact: (\S+) ", info.reason)
+    drain = next((r for r in policy.rules if m and r.name == m.group(1) and r.action == "drain"), None)
+    if drain is not None and _hit(drain, obs) is not None:
+        return f"drained by rule {drain.name}, whose condition still holds"
+    return None
 
 
 def _done(rule: Rule, info: NodeInfo | None, name: str, ctx: Context) -> bool:
@@ -126,24 +166,27 @@ def _cluster_rule(policy, rule, cluster, observations, nodes, ctx, skipped, take
         return [_proposal(rule, n, observations.get(n, Observation(n)), why, value) for n in names]
     # shed: idle nodes, most watts first, until the excess is covered or a limit is reached
     free = {n: i for n, i in nodes.items() if (n, False) not in taken}
-    out_now = sum(1 for i in nodes.values() if i.out_of_service)
-    room = math.floor(policy.max_drained_fraction * len(nodes)) - out_now if nodes else 0
     excess = value - rule.value if rule.op in (">", ">=") else None
     chosen, left = shed_plan(free, {n: o.watts for n, o in observations.items()}, ctx.suspend or SuspendRules(),
-                             excess, rule.max_nodes, ctx.shed_last_minute, room)  # fmt: skip
+                             excess, rule.max_nodes, ctx.shed_last_minute,
+                             out_of_service=OutOfService.of(policy, nodes))  # fmt: skip
     skipped.extend((rule.name, n, w) for n, w in left)
     taken.update((n, False) for n, _ in chosen)
     return [_proposal(rule, n, observations.get(n, Observation(n)), f"{why}; {w}", value) for n, w in chosen]
 
 
-def _proposal(rule: Rule, node: str, obs: Observation, why: str, value: float) -> Proposal:
+def _proposal(rule: Rule, node: str, obs: Observation, why: str, value: float, job: str | None = None) -> Proposal:
     event = f" (event {obs.event_id})" if obs.event_id is not None else ""
     head = "didact: shed" if rule.action == "shed" else "didact:"
     reason = f"{head} {rule.name} {rule.metric} {value:g}{event}"
     if rule.action == "power-cap":
         reason += f" cap {rule.watts:g} W"
-    digest = hashlib.sha1(f"{rule.name}|{node}|{rule.action}|{obs.event_id}".encode()).hexdigest()[:8]
-    return Proposal(digest, rule.name, node, rule.action, reason, why, rule.auto, obs.event_id, rule.watts)
+    if job is not None:  # a straggler: its event is the node's newest OOD event, if it has one
+        reason = f"didact: {rule.name} straggler in job {job}, peer score {value:.3g}{event}"
+    # a straggler's proposal is one per (node, job): a new OOD event of the node is not a new one
+    tag = f"job:{job}" if job is not None else obs.event_id
+    digest = hashlib.sha1(f"{rule.name}|{node}|{rule.action}|{tag}".encode()).hexdigest()[:8]
+    return Proposal(digest, rule.name, node, rule.action, reason, why, rule.auto, obs.event_id, rule.watts, job)
 
 
 def context(policy: Policy, slurm: SlurmNodes, audit: AuditLog | None, caps: PowerCaps | None,
@@ -204,7 +247,7 @@ def apply(
             outcomes.append(audit.append("refused", id=pid, **who, why="no proposal with this id (`didact act plan`)"))
             continue
         audit.append("approval", id=pid, **who, node=old["node"], action=old["action"])
-        now_p = by_key.get((old["rule"], old["node"], old["action"]))
+        now_p = by_key.get((old["rule"], old["node"], old["action"], old.get("job")))
         if now_p is None:
             outcomes.append(audit.append("refused", id=pid, node=old["node"], action=old["action"], **who,
                                          why="condition no longer holds, or already done (re-checked at apply time)"))  # fmt: skip
@@ -227,11 +270,13 @@ class _Runner:
         self.ctx, self.caps, self.url = ctx, caps, url
         self.drained_hour = audit.actions_since("drain", now - dt.timedelta(hours=1))
         self.shed_minute = ctx.shed_last_minute
-        self.down = {n for n, i in nodes.items() if i.out_of_service}
+        self.out = OutOfService.of(policy, nodes)
 
     def __call__(self, p: Proposal, who: dict | None = None) -> dict:
         who = who or {"by": "auto" if p.auto else self.actor}
         base = {"id": p.id, "node": p.node, "action": p.action, "rule": p.rule, **who}
+        if p.job is not None:  # a straggler's job, in every record of what became of it
+            base["job"] = p.job
         if p.action == "notify":
             return self._notify(p, base)
         if p.action == "power-cap":
@@ -247,9 +292,9 @@ class _Runner:
         except DidactError as e:
             return self.audit.append("failed", **base, error=str(e))
         if p.action == "resume":
-            self.down.discard(p.node)
+            self.out.discard(p.node)
         else:
-            self.down.add(p.node)
+            self.out.add(p.node)
             self.drained_hour += p.action == "drain"
             self.shed_minute += p.action == "shed"
         extra = {"method": (self.ctx.suspend or SuspendRules()).method} if p.action == "shed" else {}
@@ -257,17 +302,13 @@ class _Runner:
 
     def _limit(self, p: Proposal) -> str | None:
         """Why a drain or shed must wait, or None."""
-        pol, total = self.policy, len(self.nodes)
+        pol = self.policy
         if p.action == "drain" and self.drained_hour >= pol.drains_per_hour:
             return f"rate limit: {self.drained_hour} drain(s) in the last hour, limits.drains_per_hour = {pol.drains_per_hour}"
         rate = (self.ctx.suspend or SuspendRules()).rate_per_min
         if p.action == "shed" and rate and self.shed_minute >= rate:
             return f"rate limit: {self.shed_minute} shed(s) in the last minute, Slurm's SuspendRate = {rate}/min"
-        after = self.down | {p.node}
-        if p.action in ("drain", "shed") and total and len(after) / total > pol.max_drained_fraction:
-            return (f"{len(after)} of {total} nodes would be out of service, more than "
-                    f"limits.max_drained_fraction = {pol.max_drained_fraction}")  # fmt: skip
-        return None
+        return self.out.refuse(p.node) if p.action in ("drain", "shed") else None
 
     def _notify(self, p: Proposal, base: dict) -> dict:
         if not self.url:

@@ -4,7 +4,8 @@
 
     [limits]
     drains_per_hour = 2          # didact drains in any rolling hour, all rules together
-    max_drained_fraction = 0.25  # never leave more than this share of the nodes drained/down
+    max_drained_fraction = 0.25  # never leave more than this share of a Slurm partition drained/down
+    partitions = { gpu = 0.1 }   # optional: a partition's own fraction (limits.py)
 
     [notify]
     url = "http://127.0.0.1:9095/hook"   # Alertmanager-style webhook (else DIDACT_ACT_WEBHOOK_URL)
@@ -29,6 +30,12 @@
     action = "power-cap"
     watts = 300                    # power-cap: the RAPL limit of each package, in watts
 
+    [[rule]]
+    name = "peer-drain"
+    when = "job_peer_score >= 8"   # the cluster model's peer score of the node in one job (peers.py)
+    for_intervals = 3              # ... in each of the newest 3 scoring intervals
+    action = "drain"               # drain | notify
+
 Every error names the file, the line (where the TOML has one) and the key, and the fix.
 """
 
@@ -40,15 +47,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from didact_core.act.conditions import CLUSTER_METRICS, NODE_METRICS, parse_hours
+from didact_core.act.conditions import CLUSTER_METRICS, NODE_METRICS, PEER_METRIC, parse_hours
 from didact_core.errors import DidactError
 
 ACTIONS = ("drain", "resume", "notify", "power-cap", "shed")
-METRICS = NODE_METRICS + CLUSTER_METRICS
+METRICS = NODE_METRICS + (PEER_METRIC,) + CLUSTER_METRICS
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 _WHEN = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|>|<)\s*(\d+(?:\.\d+)?)\s*$")
-_RULE_KEYS = {"name", "when", "action", "auto", "hours", "watts", "max_nodes"}
-_LIMIT_KEYS = {"drains_per_hour", "max_drained_fraction"}
+_RULE_KEYS = {"name", "when", "action", "auto", "hours", "watts", "max_nodes", "for_intervals"}
+_LIMIT_KEYS = {"drains_per_hour", "max_drained_fraction", "partitions"}
 _NOTIFY_KEYS = {"url", "timeout_s"}
 
 
@@ -63,6 +70,7 @@ class Rule:
     hours: str | None = None  # UTC window "HH:MM-HH:MM" the rule holds in
     watts: float | None = None  # power-cap: the package limit
     max_nodes: int | None = None  # shed: at most this many nodes per plan
+    for_intervals: int = 1  # job_peer_score: in each of this many newest intervals
 
     @property
     def when(self) -> str:
@@ -85,6 +93,8 @@ class Policy:
     source: str = "<policy>"
     notify_url: str = ""
     notify_timeout_s: float = 5.0
+    #: (partition, fraction) pairs: partitions with a max_drained_fraction of their own
+    partition_fractions: tuple[tuple[str, float], ...] = ()
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -124,6 +134,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
         raise _err(source, text, "max_drained_fraction", "limits", f"limits.max_drained_fraction = {frac!r} is "
                    "not a fraction between 0 and 1", "e.g. max_drained_fraction = 0.25")  # fmt: skip
+    own = _partition_fractions(source, text, limits.get("partitions", {}))
     raw = doc.get("rule", [])
     if not isinstance(raw, list) or not raw:
         raise _err(source, text, "rule", None, "has no [[rule]]", "add at least one [[rule]] with when and action")
@@ -132,7 +143,24 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     for i, n in enumerate(names):
         if n in names[:i]:
             raise _err(source, text, "name", i, f"rule name {n!r} is used twice", "give every rule its own name")
-    return Policy(rules, int(per_hour), float(frac), source, url, timeout)
+    return Policy(rules, int(per_hour), float(frac), source, url, timeout, own)
+
+
+def _partition_fractions(source: str, text: str, sec) -> tuple[tuple[str, float], ...]:
+    if not isinstance(sec, dict):
+        raise _err(source, text, "partitions", "limits", "limits.partitions must be a table of partition = fraction",
+                   "write partitions = { gpu = 0.1 } under [limits], or a [limits.partitions] section")  # fmt: skip
+    for part, f in sec.items():
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            inline = not _section(text, "limits.partitions")  # partitions = { … } under [limits]
+            raise _err(source, text, "partitions" if inline else part, "limits" if inline else "limits.partitions",
+                       f"limits.partitions.{part} = {f!r} is not a fraction between 0 and 1",
+                       f"e.g. {part} = 0.1 (the largest share of partition {part} drained)")  # fmt: skip
+    return tuple(sorted((str(p), float(f)) for p, f in sec.items()))
+
+
+def _section(text: str, name: str) -> bool:
+    return any(s.strip().startswith(f"[{name}]") for s in text.splitlines())
 
 
 def _notify(source: str, text: str, sec) -> tuple[str, float]:
@@ -167,6 +195,8 @@ def _rule(source: str, text: str, i: int, raw: dict) -> Rule:
                    f'write "<metric> <op> <number>", metric one of {", ".join(METRICS)}, op one of '
                    f'{" ".join(OPS)} (e.g. "ood_consecutive >= 3")')  # fmt: skip
     metric = m.group(1)
+    if metric == PEER_METRIC:
+        _peer_rule(source, text, i, m.group(2), action)
     if metric == "cluster_incidents" and action != "notify":
         raise _err(source, text, "action", i, f"{action} on cluster_incidents has no node to act on",
                    'use action = "notify" for incidents (or a node metric for node actions)')  # fmt: skip
@@ -189,8 +219,30 @@ def _rule(source: str, text: str, i: int, raw: dict) -> Rule:
         except ValueError:
             raise _err(source, text, "hours", i, f"hours = {hours!r} is not a window of the day",
                        'write hours = "17:00-21:00" (UTC, HH:MM-HH:MM; may wrap midnight)') from None  # fmt: skip
-    return Rule(name, metric, m.group(2), float(m.group(3)), action, auto, hours,
-                _watts(source, text, i, raw, action), _max_nodes(source, text, i, raw, action))  # fmt: skip
+    return Rule(name, metric, m.group(2), float(m.group(3)), action, auto, hours, _watts(source, text, i, raw, action),
+                _max_nodes(source, text, i, raw, action), _for_intervals(source, text, i, raw, metric))  # fmt: skip
+
+
+def _peer_rule(source: str, text: str, i: int, op: str, action: str) -> None:
+    if op not in (">=", ">"):
+        raise _err(source, text, "when", i, f"{PEER_METRIC} {op} … picks the members like their peers, not stragglers",
+                   f'a straggler scores high: write "{PEER_METRIC} >= 8" (or >)')  # fmt: skip
+    if action not in ("drain", "notify"):
+        raise _err(source, text, "action", i, f"{action} on {PEER_METRIC} is not offered",
+                   'use action = "drain" (the straggling node) or action = "notify"')  # fmt: skip
+
+
+def _for_intervals(source: str, text: str, i: int, raw: dict, metric: str) -> int:
+    n = raw.get("for_intervals")
+    if n is None:
+        return 1
+    if metric != PEER_METRIC:
+        raise _err(source, text, "for_intervals", i, f"for_intervals is for {PEER_METRIC} rules, this one is on {metric}",
+                   'remove for_intervals (an OOD streak is when = "ood_consecutive >= N")')  # fmt: skip
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000:
+        raise _err(source, text, "for_intervals", i, f"for_intervals = {n!r} is not a whole number from 1 to 1000",
+                   "e.g. for_intervals = 3 (the newest 3 scoring intervals in a row)")  # fmt: skip
+    return n
 
 
 def _watts(source: str, text: str, i: int, raw: dict, action: str) -> float | None:

@@ -14,7 +14,8 @@ which never are; didact's plan keeps to them, read live from ``scontrol show con
 
 Which nodes: idle ones (Slurm ``IDLE``, not drained, not powered down) — the ones doing no
 work now — most power first (the day's or the live watts), until the cluster is back under
-its budget or the rate, the rule's ``max_nodes`` or ``limits.max_drained_fraction`` stops it.
+its budget or the rate, the rule's ``max_nodes`` or ``limits.max_drained_fraction`` (of each of
+the node's partitions, :mod:`~didact_core.act.limits`) stops it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from didact_core.act.limits import OutOfService
 from didact_core.act.nodes import NodeInfo, SlurmNodes
 
 SHED_PREFIX = "didact: shed"
@@ -60,12 +62,15 @@ def _words(text: str) -> list[str]:
 
 def shed_plan(nodes: Mapping[str, NodeInfo], watts: Mapping[str, float | None], rules: SuspendRules,
               excess_w: float | None = None, max_nodes: int | None = None, shed_last_minute: int = 0,
-              room: int | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:  # fmt: skip
+              room: int | None = None,
+              out_of_service: OutOfService | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:  # fmt: skip
     """(chosen, skipped): (node, why) each.  Pure.
 
     ``excess_w``: watts over the budget (stop once the chosen nodes' watts cover it; None or
-    unknown watts: no such stop); ``room``: how many more nodes may leave service (the
-    fraction limit)."""
+    unknown watts: no such stop); ``room``: how many more nodes may leave service;
+    ``out_of_service``: the per-partition fraction limit (a node that would overfill one of its
+    partitions is skipped; not changed here)."""
+    out = out_of_service.copy() if out_of_service is not None else None
     chosen: list[tuple[str, str]] = []
     skipped: list[tuple[str, str]] = []
     candidates = []
@@ -95,6 +100,12 @@ def shed_plan(nodes: Mapping[str, NodeInfo], watts: Mapping[str, float | None], 
         if len(chosen) >= cap:
             skipped.append((name, f"idle, but {by} is reached"))
             continue
+        full = out.refuse(name) if out is not None else None
+        if full:
+            skipped.append((name, f"idle, but {full}"))
+            continue
+        if out is not None:
+            out.add(name)
         shown = f"{w:g} W" if w is not None and not math.isnan(w) else "watts unknown"
         chosen.append((name, f"idle, {shown}"))
         saved += w if w is not None and not math.isnan(w) else 0.0
