@@ -250,6 +250,8 @@ def test_the_fraction_is_per_partition_and_a_node_counts_against_each_of_its_par
     own.add("a")
     assert own.refuse("b") == "2 of 4 nodes of partition batch would be out of service, more than limits.partitions.batch = 0.25"
     assert own.refuse("e") is None
+    with pytest.raises(DidactError, match=r"\[limits.partitions\] gpus.*no such partition.*batch, gpu"):
+        OutOfService(nodes, 1.0, {"gpus": 0.1})  # a typo is an error, not a limit that never applies
 
 
 def test_apply_and_shed_keep_to_each_partitions_fraction(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from didact_core.act.nodes import NodeInfo
+from didact_core.errors import DidactError
 
 #: the group of the nodes Slurm puts in no partition
 NO_PARTITION = ""
@@ -29,6 +30,13 @@ class OutOfService:
             for part in parts:
                 self.members.setdefault(part, set()).add(n)
         self.down = {n for n, i in nodes.items() if i.out_of_service}
+        unknown = sorted(set(self.own) - set(self.members)) if self.members else []
+        if unknown:  # a typo would silently leave the partition at max_drained_fraction
+            raise DidactError(
+                f"policy [limits.partitions] {', '.join(unknown)}",
+                f"Slurm has no such partition (it has {', '.join(p for p in sorted(self.members) if p) or 'none'})",
+                "name a partition of `scontrol show partition`, or remove the entry",
+            )
 
     @classmethod
     def of(cls, policy, nodes: Mapping[str, NodeInfo]) -> OutOfService:
