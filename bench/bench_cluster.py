@@ -1,7 +1,8 @@
 """Cluster-model benchmark: incidents, rack localisation, stragglers vs simulated truth; scoring time.
 
     .venv/bin/python bench/bench_cluster.py                 # seeds 1 2 3 (judged), 64 nodes, 8 racks
-    .venv/bin/python bench/bench_cluster.py --seeds 0       # the development seed (tuned on)
+    .venv/bin/python bench/bench_cluster.py --seeds 0 4 5   # the development seeds (tuned on)
+    .venv/bin/python bench/bench_cluster.py --explain       # every false / missed straggler call, and why
     .venv/bin/python bench/bench_cluster.py --source synthetic --seeds 1 2 3   # no simulator/detector
     .venv/bin/python bench/bench_cluster.py --timing-only
 
@@ -84,8 +85,9 @@ def sim_days(args, seed: int):
         b = sim.fetch_day(DAY0 + dt.timedelta(days=k))
         samples, _ = preprocess(b.cpu)
         out = {"scores": score_day(samples, det)}
-        for key in ("topology", "job_members", "cluster_incidents", "stragglers"):
+        for key in ("topology", "job_members", "cluster_incidents", "stragglers", "incident_nodes"):
             out[key] = _truth(b.meta, key)
+        out["node_faults"] = b.faults  # labelled behavioural faults (why a member is unlike its peers)
         if out["topology"] is None:
             out["topology"] = sim.topology.frame()
         return out
@@ -102,7 +104,9 @@ def synthetic_days(args, seed: int):
     return clean, ev
 
 
-_KEYS = ("scores", "topology", "job_members", "cluster_incidents", "stragglers")
+_KEYS = ("scores", "topology", "job_members", "cluster_incidents", "stragglers", "incident_nodes", "node_faults")
+#: the simulator's cluster-event version (in the cache tag: a cache of older events is not reused)
+SIM_EVENTS = "ev2"
 
 
 def cached_days(args, seed: int):
@@ -110,7 +114,7 @@ def cached_days(args, seed: int):
     make = sim_days if args.source == "sim" else synthetic_days
     if not args.cache:
         return make(args, seed)
-    tag = (f"{args.source}-s{seed}-n{args.nodes}-r{args.per_rack}-c{args.cpus}-e{args.epochs}-t{args.train_days}"
+    tag = (f"{args.source}-{SIM_EVENTS}-s{seed}-n{args.nodes}-r{args.per_rack}-c{args.cpus}-e{args.epochs}-t{args.train_days}"
            f"-v{args.eval_days}-x{args.straggler_rate}-m{args.train_samples}")  # fmt: skip
     folder = Path(args.cache) / tag
     if not (folder / "done").exists():
@@ -145,8 +149,33 @@ def run_seed(args, seed: int) -> list[dict]:
         r = evaluate(scores, d["cluster_incidents"], d["stragglers"], d["job_members"])
         r.update(seed=seed, day=k, threshold=model.threshold_)
         rows.append(r)
+        if args.explain:
+            explain_stragglers(scores, d, seed, k)
     print(f"  seed {seed}: data + node detector {t1 - t0:.0f} s, cluster fit/score/eval {time.perf_counter() - t1:.1f} s")
     return rows
+
+
+def explain_stragglers(scores, d: dict, seed: int, day: int) -> None:
+    """Print the seed's wrong straggler calls: each false or missed job member with its job's length,
+    its share of the job, and the labelled node faults it carried meanwhile."""
+    from didact_core.cluster.evaluation import member_calls
+
+    calls = member_calls(scores, d["stragglers"])
+    faults = d.get("node_faults")
+    jobs = d["job_members"].assign(key=lambda f: f["job_id"].astype(str) + "\x1f" + f["node"].astype(str)).set_index("key")
+    for key, r in calls[calls["called"] != calls["truth"]].iterrows():
+        m = jobs.loc[key]
+        s, e = pd.Timestamp(m["start"]), pd.Timestamp(m["end"])
+        why = []
+        if faults is not None and len(faults):
+            f = faults[faults["node"].astype(str) == str(m["node"])]
+            for fs, fe, kind in zip(pd.to_datetime(f["start"], utc=True), pd.to_datetime(f["end"], utc=True), f.iloc[:, 3]):
+                share = (min(e, fe) - max(s, fs)) / (e - s)
+                if share > 0:
+                    why.append(f"{kind} over {share:.0%} of the job")
+        print(f"    seed {seed} day {day} {'missed' if r['truth'] else 'false'} {m['job_id']} {m['node']}: "
+              f"{(e - s).total_seconds() / 60:.0f} min job, score {r['score']:.1f} (threshold {scores.peer_threshold:.1f}); "
+              f"{'; '.join(why) or 'no labelled node fault'}")
 
 
 def _pooled_stragglers(rows: list[dict]) -> tuple[float | None, float | None]:
@@ -233,6 +262,7 @@ def main(argv=None) -> int:
                     help="override a ClusterConfig field (repeatable), e.g. --set lat_weight=0")
     ap.add_argument("--cache", help="folder to keep each seed's node scores and truth in (reused when present)")
     ap.add_argument("--timing-only", action="store_true")
+    ap.add_argument("--explain", action="store_true", help="print every false or missed straggler call and why")
     args = ap.parse_args(argv)
     args.overrides = _overrides(args.set)
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs; python {platform.python_version()}")

@@ -13,6 +13,7 @@ import pytest
 
 from didact_core.cluster import (
     INCIDENT_COLUMNS,
+    ClusterConfig,
     ClusterModel,
     RackMap,
     evaluate,
@@ -75,6 +76,19 @@ def test_a_clean_day_raises_no_incident(scored):
     scores = scored["clean"]
     assert find_incidents(scores).empty
     assert (scores.timesteps["incident_score"] < scores.threshold).all()
+
+
+def test_faint_incidents_lift_their_scope_together(model, days):
+    """Incidents too faint for any one node (every touched node inside its own normal range)
+    still move many nodes at once: the co-movement score finds them, the excess alone does not."""
+    d = synthetic_day(seed=2, effect=0.3, **KW)
+    t = days["train"]
+    excess_only = ClusterModel(ClusterConfig(co_weight=0.0)).fit(t["scores"], t["topology"], t["job_members"])
+    r = evaluate(_score(model, d), d["cluster_incidents"])
+    r0 = evaluate(_score(excess_only, d), d["cluster_incidents"])
+    assert r["auc"] > 0.9 and r["auc"] > r0["auc"] + 0.05, (r["auc"], r0["auc"])
+    assert r["auc"] > max(r["auc_mean_error"], r["auc_frac_ood"], r["auc_rack_max_error"])
+    assert r["false_incidents"] <= 1  # (too faint to cross the threshold: found by rank, not by alarm)
 
 
 def test_stragglers_are_found(scored, days):

@@ -14,7 +14,14 @@ import pytest
 
 from didact_core.config import Settings
 from didact_core.errors import DidactError
-from didact_core.ingest.sim_cluster import INCIDENT_KINDS, TRUTH_COLUMNS, ClusterRates, splice
+from didact_core.ingest.sim_cluster import (
+    INCIDENT_KINDS,
+    INCIDENT_SIGNATURES,
+    INCIDENT_TAKE,
+    TRUTH_COLUMNS,
+    ClusterRates,
+    splice,
+)
 from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster
 from didact_core.schema import CPU_MODES
 
@@ -123,24 +130,27 @@ def test_incidents_show_on_their_nodes_in_their_window_and_nowhere_else(day, blo
     for _, inc in truth["cluster_incidents"].iterrows():
         nodes = truth["incident_nodes"].query("incident_id == @inc.incident_id").set_index("node")["intensity"]
         assert set(nodes.index) == set(inc["nodes"]) and len(inc["racks"]) == (1 if inc.kind.startswith("rack") else 2)
-        delta = {m: in_window(full[m], inc.start, inc.end) - in_window(calm[m], inc.start, inc.end) for m in CPU_MODES}
+        assert (nodes > 0).all() and (nodes <= inc.severity).all()
+        before = {m: in_window(calm[m], inc.start, inc.end) for m in CPU_MODES}
+        delta = {m: in_window(full[m], inc.start, inc.end) - before[m] for m in CPU_MODES}
+        gains = {"fs_stall": "iowait", "rack_network": "softirq", "rack_power": "idle", "sched_storm": "system"}
+        gain = CPU_MODES.index(gains[inc.kind])
         for node, a in nodes.items():
-            d = {m: float(delta[m][node].mean()) for m in CPU_MODES}
+            # the time taken: the kind's share of each mode's time (busy time mostly), × intensity
+            taken = a * sum(INCIDENT_TAKE[inc.kind][k] * float(before[m][node].mean()) for k, m in enumerate(CPU_MODES))
+            expect = INCIDENT_SIGNATURES[inc.kind][gain] * taken
             if inc.kind == "fs_stall":
-                assert d["iowait"] > 0.2 * a, (inc.incident_id, node, d)
-            elif inc.kind == "rack_network":
-                assert d["softirq"] > 0.15 * a, (inc.incident_id, node, d)
-            elif inc.kind == "sched_storm":
-                assert d["system"] > 0.08 * a, (inc.incident_id, node, d)
-            else:  # rack_power: busy CPUs fall idle, the power drops
-                assert d["user"] + d["system"] < 0.04, (inc.incident_id, node, d)
+                expect *= 0.8  # the onset ramp
+            assert float(delta[gains[inc.kind]][node].mean()) > 0.5 * expect > 0, (inc.incident_id, node, a, expect)
+            user = float(before["user"][node].mean())
+            assert float(delta["user"][node].mean()) < -0.4 * a * user, (inc.incident_id, node, a)  # user time lost
         if inc.kind == "rack_power":
             ratio = _watts(blocks["full"], inc) / _watts(blocks["calm"], inc)
             assert (ratio[list(nodes.index)] < 1 - 0.1 * nodes).all() and len(ratio) == 8
             assert np.allclose(ratio.drop(list(nodes.index)), 1.0)
-        if inc.kind == "sched_storm":  # context switches burst
+        if inc.kind == "sched_storm":  # context switches burst (×6 at full intensity)
             ctxt = _rate(blocks["full"], "ctxt", inc) / _rate(blocks["calm"], "ctxt", inc)
-            assert (ctxt[list(nodes.index)] > 2.0).all(), ctxt.to_dict()
+            assert (ctxt[list(nodes.index)] > 1 + 2 * nodes).all(), ctxt.to_dict()
         changed.loc[(changed.index >= inc.start) & (changed.index < inc.end), list(nodes.index)] = True
     # everything else is exactly as without incidents: other nodes, other times
     for m in CPU_MODES:
@@ -208,8 +218,9 @@ def test_a_big_clusters_truth_without_its_counters():
     for _, inc in t["cluster_incidents"].iterrows():
         if inc.kind in ("fs_stall", "sched_storm"):
             assert len(inc["racks"]) == 50  # across racks
-        else:
-            assert inc["nodes"] == sorted(t["topology"].query("rack == @inc.racks[0]")["node"])  # a whole rack
+        else:  # half of one rack's nodes or more
+            rack = set(t["topology"].query("rack == @inc.racks[0]")["node"])
+            assert len(inc["racks"]) == 1 and set(inc["nodes"]) <= rack and len(inc["nodes"]) >= len(rack) / 2
     assert set(t["stragglers"]["job_id"]) <= set(sizes.index[sizes.n >= 3])
 
 

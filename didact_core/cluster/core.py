@@ -9,9 +9,16 @@ one wild node adds at most ``excess_cap``); the same for the node's latent devia
 distance to a slow EMA of its own latent: a state the detector finds normal, e.g. idle, but
 that a whole rack enters at once), and the node's excess is the larger of the two.  Per scope (the whole cluster, each rack): the
 mean excess over its scored nodes, smoothed over time (EMA), then put in units of the clean
-days (``(s − q50) / (q99 − q50)``: 1.0 = a clean day's 99th percentile).  The incident score
-is the largest of the cluster's and every rack's score: a filesystem stall lifts the cluster,
-a rack event lifts its rack.
+days (``(s − q50) / (q99 − q50)``: 1.0 = a clean day's 99th percentile).
+
+Co-movement (what no per-node score sees): each node's log error against its *own* slow
+baseline (an EMA), in robust sd and clipped to ``± co_cap`` — its drift.  A node's own job
+change drifts it up or down, at its own time; an incident drifts many nodes up at once.  The
+scope mean of the signed drifts cancels the former and adds up the latter, so a faint
+incident that keeps every node under its own threshold still lifts its scope.  Per scope the
+score is the larger of the excess score and (× ``co_weight``) the co-movement score, each in
+clean-day units.  The incident score is the largest of the cluster's and every rack's score:
+a filesystem stall lifts the cluster, a rack event lifts its rack.
 
 Per job (≥ ``min_peers`` members scored): each member's latent distance to the job's median
 latent and its log error against the job's median, each as a robust z over the job's peers
@@ -41,6 +48,11 @@ class Calibration:
     cluster_unit: float = 1.0
     rack_q50: float = 0.0
     rack_unit: float = 1.0
+    #: the co-movement scores' units (scope mean of the nodes' drifts)
+    co_cluster_q50: float = 0.0
+    co_cluster_unit: float = 1.0
+    co_rack_q50: float = 0.0
+    co_rack_unit: float = 1.0
     #: incident threshold on the incident score (and the hysteresis's lower end)
     threshold: float = float("inf")
     low_threshold: float = float("inf")
@@ -77,6 +89,9 @@ class StepParams:
     peer_cap: float = 50.0
     lat_beta: float = 0.05
     lat_weight: float = 1.0
+    co_beta: float = 0.02
+    co_cap: float = 4.0
+    co_weight: float = 1.0
 
 
 def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibration, p: StepParams) -> np.ndarray:
@@ -92,6 +107,21 @@ def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibratio
     return np.where(np.isfinite(error), x, np.nan)
 
 
+def drift_step(values: np.ndarray, baseline: np.ndarray | None, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(each node's values minus its own slow baseline, the updated baseline) for (N,) or (N, k)
+    values; the baseline is an EMA (weight ``beta``) started at a node's first value, and a
+    node without a value (NaN) keeps it."""
+    vec = values.ndim == 2
+    ok = np.isfinite(values).all(axis=1) if vec else np.isfinite(values)
+    if baseline is None:
+        baseline = np.full(values.shape, np.nan)
+    fresh = ok & ~(np.isfinite(baseline).all(axis=1) if vec else np.isfinite(baseline))
+    okv, freshv = (ok[:, None], fresh[:, None]) if vec else (ok, fresh)
+    baseline = np.where(freshv, values, baseline)
+    diff = np.where(okv, values - baseline, np.nan)
+    return diff, np.where(okv, baseline + beta * (values - baseline), baseline)
+
+
 def deviation_step(latent: np.ndarray, baseline: np.ndarray | None, beta: float) -> tuple[np.ndarray, np.ndarray]:
     """(each node's latent distance to its own slow baseline, the updated baseline).
 
@@ -99,14 +129,15 @@ def deviation_step(latent: np.ndarray, baseline: np.ndarray | None, beta: float)
     deviates for a while on its own; an incident moves many nodes at once."""
     if latent.shape[1] == 0:
         return np.full(latent.shape[0], np.nan), latent
-    if baseline is None:
-        baseline = np.full(latent.shape, np.nan)
-    ok = np.isfinite(latent).all(axis=1)
-    fresh = ok & ~np.isfinite(baseline).all(axis=1)
-    baseline = np.where(fresh[:, None], latent, baseline)
-    dev = np.where(ok, np.linalg.norm(latent - baseline, axis=1), np.nan)
-    baseline = np.where(ok[:, None], baseline + beta * (latent - baseline), baseline)
-    return dev, baseline
+    diff, baseline = drift_step(latent, baseline, beta)
+    return np.linalg.norm(diff, axis=1), baseline
+
+
+def co_drift(le: np.ndarray, baseline: np.ndarray | None, cal: Calibration, p: StepParams) -> tuple[np.ndarray, np.ndarray]:
+    """(each node's signed drift: log error minus its own baseline in robust sd, clipped to
+    ± ``co_cap``; the updated baseline)."""
+    diff, baseline = drift_step(le, baseline, p.co_beta)
+    return np.clip(diff / cal.err_scale, -p.co_cap, p.co_cap), baseline
 
 
 def deviations(latent: np.ndarray, beta: float) -> np.ndarray:

@@ -81,6 +81,18 @@ def localisation(scores: ClusterScores, incidents: pd.DataFrame | None) -> dict:
     return out
 
 
+def member_calls(scores: ClusterScores, stragglers: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per scored job member (index ``job_id␟node``): ``score`` (the :data:`PAIR_QUANTILE`
+    of its smoothed peer score over the job), ``called`` (score ≥ the peer threshold) and
+    ``truth`` (a straggler in ``stragglers``)."""
+    peers = scores.peers
+    key = peers["job_id"].astype(str) + "\x1f" + peers["node"].astype(str)
+    pair = peers.assign(key=key).groupby("key")["peer_score"].quantile(PAIR_QUANTILE)
+    tkey = set() if stragglers is None else set(stragglers["job_id"].astype(str) + "\x1f" + stragglers["node"].astype(str))
+    return pd.DataFrame({"score": pair, "called": pair.to_numpy() >= scores.peer_threshold,
+                         "truth": pair.index.isin(list(tkey))}, index=pair.index)
+
+
 def straggler_metrics(scores: ClusterScores, stragglers: pd.DataFrame | None) -> dict:
     """Precision / recall of the job members the model calls stragglers (per job member: the
     :data:`PAIR_QUANTILE` of its smoothed peer score over the job against the peer threshold),
@@ -92,13 +104,11 @@ def straggler_metrics(scores: ClusterScores, stragglers: pd.DataFrame | None) ->
     if peers.empty:
         return out
     truth = stragglers if stragglers is not None else pd.DataFrame(columns=["job_id", "node", "start", "end"])
-    key = peers["job_id"].astype(str) + "\x1f" + peers["node"].astype(str)
-    pair = peers.assign(key=key).groupby("key")["peer_score"].quantile(PAIR_QUANTILE)
+    calls = member_calls(scores, truth)
+    y, pred = calls["truth"].to_numpy(), calls["called"].to_numpy()
     tkey = set(truth["job_id"].astype(str) + "\x1f" + truth["node"].astype(str))
-    y = pair.index.isin(list(tkey))
-    pred = pair.to_numpy() >= scores.peer_threshold
     # recall over every true straggler, scored or not (a job too small to have peers misses it)
-    out.update(members_scored=len(pair), straggler_truth=len(tkey), straggler_found=int((pred & y).sum()),
+    out.update(members_scored=len(calls), straggler_truth=len(tkey), straggler_found=int((pred & y).sum()),
                straggler_flagged=int(pred.sum()), straggler_precision=_ratio((pred & y).sum(), pred.sum()),
                straggler_recall=_ratio((pred & y).sum(), len(tkey)))
     # per member-timestep: inside the straggling window

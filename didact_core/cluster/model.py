@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ import pandas as pd
 
 from didact_core.cluster.core import Calibration, StepParams, deviations
 from didact_core.cluster.frames import RackMap, to_tensor, validate_jobs, validate_node_scores
-from didact_core.cluster.scorer import ClusterScorer, StepTrace, score_tensor
+from didact_core.cluster.scorer import ClusterScorer, StepTrace, _plus, score_tensor
 from didact_core.errors import DataQualityError, DidactError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,15 @@ class ClusterConfig:
     #: bench/README_cluster.md)
     lat_beta: float = 0.05
     lat_weight: float = 0.0
+    #: co-movement (core docstring): EMA weight of each node's own log-error baseline, the clip
+    #: of a node's drift (robust sd), and the weight of the co-movement score (0 = off)
+    co_beta: float = 0.02
+    co_cap: float = 4.0
+    co_weight: float = 1.0
 
     def params(self) -> StepParams:
         return StepParams(self.excess_z, self.excess_cap, self.alpha, self.min_peers, self.peer_alpha, self.peer_cap,
-                          self.lat_beta, self.lat_weight)  # fmt: skip
+                          self.lat_beta, self.lat_weight, self.co_beta, self.co_cap, self.co_weight)  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,9 +112,10 @@ class ClusterConfig:
         return cls(**d).validate()
 
     def validate(self) -> "ClusterConfig":
-        bad = [k for k in ("alpha", "peer_alpha", "update_weight", "low_fraction", "lat_beta")
+        bad = [k for k in ("alpha", "peer_alpha", "update_weight", "low_fraction", "lat_beta", "co_beta")
                if not 0 < getattr(self, k) <= 1]  # fmt: skip
-        bad += ["lat_weight"] if self.lat_weight < 0 else []
+        bad += [k for k in ("lat_weight", "co_weight") if getattr(self, k) < 0]
+        bad += ["co_cap"] if self.co_cap <= 0 else []
         bad += [k for k in ("unit_quantile", "threshold_quantile", "peer_quantile") if not 0.5 <= getattr(self, k) < 1]
         bad += [k for k in ("excess_cap", "unit_floor", "err_scale_floor", "margin", "peer_margin") if getattr(self, k) <= 0]
         if self.min_peers < 3:
@@ -178,7 +184,8 @@ class ClusterModel:
         members = validate_jobs(jobs, racks)
         cfg, old = self.config, self.calibration_
         cal = self._node_stats(le, deviations(tensor.latent, cfg.lat_beta), old)
-        first = score_tensor(ClusterScorer(cal, cfg.params(), racks), tensor, members)
+        # raw pass: the excess scores alone (co_weight 0) beside the raw co-movement scores
+        first = score_tensor(ClusterScorer(cal, replace(cfg.params(), co_weight=0.0), racks), tensor, members)
         cal = self._calibrate_scopes(cal, first)
         if first.lat_spread.size:
             cal.peer_lat_floor = max(float(np.median(first.lat_spread)), 1e-6)
@@ -240,11 +247,16 @@ class ClusterModel:
             q50 = float(np.median(v))
             return q50, max(float(np.quantile(v, cfg.unit_quantile)) - q50, cfg.unit_floor)
 
-        # the trace's scores are raw (identity units): cluster = raw mean excess
+        # the trace's scores are raw (identity units): cluster = raw mean excess, co_* = raw mean drift
         cal.cluster_q50, cal.cluster_unit = unit(trace.cluster)
         cal.rack_q50, cal.rack_unit = unit(trace.racks.ravel())
         c = (trace.cluster - cal.cluster_q50) / cal.cluster_unit
         r = (trace.racks - cal.rack_q50) / cal.rack_unit
+        if cfg.co_weight > 0 and trace.co_cluster is not None:
+            cal.co_cluster_q50, cal.co_cluster_unit = unit(trace.co_cluster)
+            cal.co_rack_q50, cal.co_rack_unit = unit(trace.co_racks.ravel())
+            c = _plus(c, cfg.co_weight * (trace.co_cluster - cal.co_cluster_q50) / cal.co_cluster_unit)
+            r = _plus(r, cfg.co_weight * (trace.co_racks - cal.co_rack_q50) / cal.co_rack_unit)
         both = np.column_stack([c, r])
         s = np.where(np.isfinite(both).any(axis=1), np.nanmax(np.where(np.isfinite(both), both, -np.inf), axis=1), np.nan)
         s = s[np.isfinite(s)]

@@ -19,6 +19,7 @@ from didact_core.cluster.core import (
     Calibration,
     PeerStep,
     StepParams,
+    co_drift,
     deviation_step,
     ema,
     node_excess,
@@ -59,6 +60,9 @@ class StepScores:
     node_excess: np.ndarray
     #: per job of the step: peers' spread of latent distance / log error (for calibration)
     peer: PeerStep | None = None
+    #: the co-movement scores alone (clean-day units; already in cluster_score / rack_score)
+    co_cluster: float = float("nan")
+    co_rack: np.ndarray | None = None
 
 
 @dataclass
@@ -84,6 +88,11 @@ class ClusterInterval:
         return bool(self.incident_score >= self.threshold)
 
 
+def _plus(a, b):
+    """a + b where both are known, else whichever is (the excess and co-movement scores of a scope)."""
+    return np.where(np.isfinite(a) & np.isfinite(b), a + b, np.fmax(a, b))
+
+
 def _rack_max(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = np.where(mask, np.where(np.isfinite(values), values, -np.inf)[:, None], -np.inf).max(axis=0)
     return np.where(np.isinf(m), np.nan, m)
@@ -104,6 +113,9 @@ class ClusterScorer:
         self._cluster: np.ndarray | None = None
         self._racks: np.ndarray | None = None
         self._baseline: np.ndarray | None = None
+        self._own: np.ndarray | None = None  # each node's log-error baseline (co-movement)
+        self._co_cluster: np.ndarray | None = None
+        self._co_racks: np.ndarray | None = None
         self._peers = pd.Series(dtype=np.float64)
         self._peer_arr = np.zeros(0)
         self._jobs_seen: tuple | None = None
@@ -119,6 +131,10 @@ class ClusterScorer:
         self._racks = ema(self._racks, r_raw, p.alpha)
         cluster = float((self._cluster[0] - cal.cluster_q50) / cal.cluster_unit)
         racks = (self._racks - cal.rack_q50) / cal.rack_unit
+        co_cluster, co_racks = self._co_movement(error)
+        if p.co_weight > 0:
+            cluster = float(_plus(cluster, p.co_weight * co_cluster))
+            racks = _plus(racks, p.co_weight * co_racks)
         top = int(np.nanargmax(racks)) if np.isfinite(racks).any() else -1
         best = max(cluster if np.isfinite(cluster) else -np.inf, racks[top] if top >= 0 else -np.inf)
         scored = np.isfinite(error)
@@ -137,7 +153,18 @@ class ClusterScorer:
             frac_ood=float(ood[scored].mean()) if scored.any() else float("nan"),
             mean_error=float(error[scored].mean()) if scored.any() else float("nan"),
             rack_max_error=_rack_max(error, self._mask), nodes_scored=int(scored.sum()), node_excess=x, peer=ps,
+            co_cluster=co_cluster, co_rack=co_racks,
         )
+
+    def _co_movement(self, error: np.ndarray) -> tuple[float, np.ndarray]:
+        """Co-movement scores (cluster, per rack) of this step, in clean-day units (core docstring)."""
+        cal, p = self.cal, self.params
+        u, self._own = co_drift(np.log(np.maximum(error, 1e-12)), self._own, cal, p)
+        c_raw, r_raw = scope_means(u, self.onehot)
+        self._co_cluster = ema(self._co_cluster, np.array([c_raw]), p.alpha)
+        self._co_racks = ema(self._co_racks, r_raw, p.alpha)
+        return (float((self._co_cluster[0] - cal.co_cluster_q50) / cal.co_cluster_unit),
+                (self._co_racks - cal.co_rack_q50) / cal.co_rack_unit)
 
     def _smooth_peers(self, ps: PeerStep, keys, hold: bool = False) -> np.ndarray:
         if not len(ps.rows):
@@ -248,13 +275,17 @@ class StepTrace:
     peer_raw: np.ndarray
     lat_spread: np.ndarray
     err_spread: np.ndarray
+    #: the co-movement scores alone: (T,) and (T, R)
+    co_cluster: np.ndarray | None = None
+    co_racks: np.ndarray | None = None
 
 
 def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame) -> StepTrace:
     """Step ``scorer`` through every timestep of ``tensor``; ``jobs`` validated membership."""
     T, R = len(tensor.ts), scorer.racks.n_racks
     inc, clu, fo, me = (np.full(T, np.nan) for _ in range(4))
-    rk, rm = np.full((T, R), np.nan), np.full((T, R), np.nan)
+    rk, rm, cor = np.full((T, R), np.nan), np.full((T, R), np.nan), np.full((T, R), np.nan)
+    coc = np.full(T, np.nan)
     ex = np.full(tensor.error.shape, np.nan)
     codes = pd.factorize(jobs["job_id"])[0] if len(jobs) else np.zeros(0, np.int64)
     nidx = jobs["node_index"].to_numpy(dtype=np.int64) if len(jobs) else np.zeros(0, np.int64)
@@ -267,6 +298,7 @@ def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame)
         s = scorer.step(tensor.error[t], tensor.ood[t], tensor.latent[t], codes[active], nidx[active], keys[active])
         inc[t], clu[t], fo[t], me[t] = s.incident_score, s.cluster_score, s.frac_ood, s.mean_error
         rk[t], rm[t], ex[t] = s.rack_score, s.rack_max_error, s.node_excess
+        coc[t], cor[t] = s.co_cluster, s.co_rack
         if len(s.peer_rows):
             pt.append(np.full(len(s.peer_rows), t))
             pr.append(active[s.peer_rows])
@@ -279,4 +311,4 @@ def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame)
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
     return StepTrace(tensor.ts, inc, clu, rk, fo, me, rm, ex, cat(pt, np.int64), cat(pr, np.int64),
-                     cat(psc), cat(praw), cat(ls), cat(es))
+                     cat(psc), cat(praw), cat(ls), cat(es), coc, cor)

@@ -63,7 +63,7 @@ def _place_jobs(rng, N: int, T: int, share: float, ts, le, lat, centres, levels,
     return members, strag
 
 
-def _incidents(rng, N: int, per_rack: int, T: int, ts, le, lat, count: int) -> list:
+def _incidents(rng, N: int, per_rack: int, T: int, ts, le, lat, count: int, effect: float = 1.0) -> list:
     rows, busy = [], np.zeros(T, dtype=bool)
     racks = np.arange(N) // per_rack
     kinds = ["fs_stall", "rack_network", "rack_power", "sched_storm"]
@@ -81,8 +81,8 @@ def _incidents(rng, N: int, per_rack: int, T: int, ts, le, lat, count: int) -> l
             share = 0.3 if kind == "fs_stall" else 0.7
             nodes = np.flatnonzero(rng.random(N) < share)
         sev = rng.uniform(0.7, 1.0, size=len(nodes))
-        le[s : s + length, nodes] += _EFFECT[kind] * sev
-        lat[s : s + length, nodes] += 0.5 * sev[:, None]
+        le[s : s + length, nodes] += effect * _EFFECT[kind] * sev
+        lat[s : s + length, nodes] += effect * 0.5 * sev[:, None]
         rows.append((f"inc-{i:03d}", kind, ts[s], ts[s + length], sorted({f"rack-{racks[n]:02d}" for n in nodes}),
                      [f"node{n:04d}" for n in nodes]))  # fmt: skip
     return rows
@@ -91,8 +91,10 @@ def _incidents(rng, N: int, per_rack: int, T: int, ts, le, lat, count: int) -> l
 def synthetic_day(
     nodes: int = 48, per_rack: int = 8, steps: int = 720, seed: int = 0, incidents: bool = True,
     stragglers: bool = True, n_incidents: int = 8, start: str = "2026-01-05", multinode_share: float = 0.4,
+    effect: float = 1.0,
 ) -> dict[str, pd.DataFrame]:
-    """One stretch of synthetic node scores and its truth (see the module docstring)."""
+    """One stretch of synthetic node scores and its truth (see the module docstring); ``effect``
+    scales the incidents (0.25: faint, each touched node stays inside its normal range)."""
     rng = np.random.default_rng(seed)
     N, T = nodes, steps
     ts = pd.date_range(start, periods=T + 1, freq="60s", tz="UTC")
@@ -108,7 +110,7 @@ def synthetic_day(
     le = levels[flav] + _LE_NOISE * rng.standard_normal((T, N))
     lat = centres[flav] + 0.15 * rng.standard_normal((T, N, LATENT_DIM))
     members, strag = _place_jobs(rng, N, T, multinode_share, ts, le, lat, centres, levels, stragglers)
-    inc = _incidents(rng, N, per_rack, T, ts, le, lat, n_incidents) if incidents else []
+    inc = _incidents(rng, N, per_rack, T, ts, le, lat, n_incidents, effect) if incidents else []
     for _ in range(int(0.002 * N * T)):  # single-node faults: not cluster incidents
         n, s = int(rng.integers(N)), int(rng.integers(T - 5))
         le[s : s + int(rng.integers(1, 5)), n] += rng.uniform(2.0, 4.0)

@@ -15,21 +15,28 @@ What is simulated (rates: :class:`ClusterRates`, settings ``DIDACT_SIM_*``):
 * **stragglers**: in a job of 3 nodes or more, with probability ``straggler_rate``, one node
   runs slower than its peers from some point to the job's end: less user and system time,
   more iowait and idle, its disk busier, less network traffic.
-* **incidents** (per day rates; the incidents of a day do not overlap):
-  ``fs_stall`` — iowait rises (over ~15 % of the window) on a share of the nodes of every rack
-  (30–70 %), for 3–20 minutes, network traffic drops; ``rack_network`` — all nodes of one rack:
-  softirq and idle jump, network traffic drops, 5–30 min; ``rack_power`` — all nodes of one
-  rack: busy CPUs fall idle and the power drops by up to :data:`POWER_DROP`, 5–30 min; ``sched_storm``
-  — 50–90 % of the nodes of every rack at once: a burst of system time, context switches and
-  page faults, 2–6 min.  A node's CPU split moves toward the kind's signature by its
-  ``intensity`` (labelled behavioural faults still override it in their own windows).
+* **incidents** (per day rates; the incidents of a day do not overlap).  Each has a severity
+  drawn from a range that reaches faint ones, and each node it touches an intensity (its
+  severity × 0.4–1): the share of its CPUs' busy time (user, nice, system; a little of the idle
+  time for some kinds) that moves to the kind's modes (:data:`INCIDENT_TAKE`,
+  :data:`INCIDENT_SIGNATURES`) — so a busy node shows it, an idle one hardly, and a faint
+  incident leaves every node inside its normal range:
+  ``fs_stall`` — busy time turns into iowait on 20–60 % of the nodes of every rack (severity
+  0.1–0.6, a linear onset over ~15 % of the window), 3–20 minutes, disk and network traffic
+  drop; ``rack_network`` — 50–100 % of the nodes of one rack: busy time turns into softirq and
+  idle, network traffic drops, 5–30 min (severity 0.15–0.7); ``rack_power`` — 50–100 % of one
+  rack's nodes: busy time falls idle and the power drops by up to :data:`POWER_DROP` × the
+  intensity, 5–30 min (severity 0.15–0.7); ``sched_storm`` — 50–90 % of the nodes of every rack
+  at once: a burst of system time (from busy and some idle time), context switches and page
+  faults, 2–6 min (severity 0.1–0.6).  Labelled behavioural faults still override all this
+  in their own windows.
 
 The truth frames (:meth:`ClusterPlan.frames`; times are UTC timestamps, ``end`` exclusive):
 
 * ``cluster_incidents``: ``incident_id, kind, start, end, racks, nodes, n_nodes, severity`` —
   one row per incident, ``racks``/``nodes`` sorted lists of names;
 * ``incident_nodes``: ``incident_id, kind, node, rack, start, end, intensity`` — one row per
-  (incident, node); intensity 0..1 is the node's full mix weight;
+  (incident, node); intensity 0..1 is the share of the node's busy CPU time the incident takes;
 * ``job_members``: ``job_id, flavour, node, rack, rank, n_nodes, start, end`` — one row per
   (multi-node job, node); all members share ``start``/``end``;
 * ``stragglers``: ``job_id, flavour, node, rack, start, end, severity`` — the straggling window
@@ -57,8 +64,8 @@ from didact_core.ingest.base import day_bounds
 from didact_core.ingest.sim_signatures import IDLE_SIGNATURE, NODE_MEMORY_GB, NODE_SIGNATURES, SIGNATURES, sig
 from didact_core.schema import CPU_MODES, NODE_COUNTERS
 
-__all__ = ["CLUSTER_TAG", "INCIDENT_KINDS", "MIN_RACKS", "TRUTH_COLUMNS", "ClusterPlan", "ClusterRates",
-           "plan_day", "splice"]  # fmt: skip
+__all__ = ["CLUSTER_TAG", "INCIDENT_KINDS", "INCIDENT_SIGNATURES", "INCIDENT_TAKE", "MIN_RACKS", "TRUTH_COLUMNS",
+           "ClusterPlan", "ClusterRates", "plan_day", "splice"]  # fmt: skip
 
 #: the cluster generator's stream ("clus"), apart from the nodes' ([seed, day, node])
 CLUSTER_TAG = 0x636C7573
@@ -69,12 +76,29 @@ MULTINODE = {"mpi_2": 2, "mpi_16": 16}
 #: a job needs this many nodes to have a straggler (with two, which one is "unlike its peers"?)
 MIN_STRAGGLER_JOB = 3
 INCIDENT_KINDS = ("fs_stall", "rack_network", "rack_power", "sched_storm")
-#: what a node's CPUs move toward during an incident (mix weight = the node's intensity)
+#: where the CPU time an incident takes goes (over CPU_MODES, sums to 1)
 INCIDENT_SIGNATURES = {
-    "fs_stall": sig(idle=0.08, iowait=0.85, system=0.05, user=0.02),
-    "rack_network": sig(idle=0.45, irq=0.05, softirq=0.30, system=0.10, user=0.10),
-    "rack_power": sig(idle=0.95, system=0.02, user=0.03),  # jobs stall: busy CPUs fall idle
-    "sched_storm": sig(idle=0.25, irq=0.03, softirq=0.04, system=0.60, user=0.08),
+    "fs_stall": sig(iowait=0.9, system=0.1),
+    "rack_network": sig(idle=0.55, softirq=0.35, system=0.10),
+    "rack_power": sig(idle=1.0),  # jobs stall: busy CPUs fall idle
+    "sched_storm": sig(irq=0.07, softirq=0.08, system=0.85),
+}
+
+
+def _take(**share: float) -> np.ndarray:
+    v = np.zeros(len(CPU_MODES))
+    for mode, x in share.items():
+        v[CPU_MODES.index(mode)] = x
+    return v
+
+
+#: the share of each CPU mode's time an incident takes at full intensity (its mix weight): busy
+#: time mostly; a stalled filesystem or network barely touches an idle CPU
+INCIDENT_TAKE = {
+    "fs_stall": _take(user=1.0, nice=1.0, system=1.0, irq=0.5, softirq=0.5, idle=0.05),
+    "rack_network": _take(user=1.0, nice=1.0, system=1.0, idle=0.03),
+    "rack_power": _take(user=1.0, nice=1.0, system=1.0, irq=0.5, softirq=0.5),
+    "sched_storm": _take(user=0.6, nice=0.6, idle=0.25, iowait=0.25),
 }
 _N = {c: i for i, c in enumerate(NODE_COUNTERS)}
 
@@ -98,6 +122,12 @@ POWER_DROP = 0.35
 #: (minutes low, high) of each incident kind, and of its onset ramp as a share of the window
 _LENGTH_MIN = {"fs_stall": (3, 20), "rack_network": (5, 30), "rack_power": (5, 30), "sched_storm": (2, 6)}
 _RAMP = {"fs_stall": 0.15, "rack_network": 0.0, "rack_power": 0.0, "sched_storm": 0.0}
+#: (low, high) of each kind's severity, and of the share of a rack's nodes it touches (every rack
+#: for fs stalls and scheduler storms, one rack for rack events)
+_SEVERITY = {"fs_stall": (0.1, 0.6), "rack_network": (0.15, 0.7), "rack_power": (0.15, 0.7), "sched_storm": (0.1, 0.6)}
+_SHARE = {"fs_stall": (0.2, 0.6), "rack_network": (0.5, 1.0), "rack_power": (0.5, 1.0), "sched_storm": (0.5, 0.9)}
+#: a node's intensity is the incident's severity times a draw in this range
+_NODE_SPREAD = (0.4, 1.0)
 
 TRUTH_COLUMNS = {
     "cluster_incidents": ("incident_id", "kind", "start", "end", "racks", "nodes", "n_nodes", "severity"),
@@ -219,9 +249,9 @@ class ClusterPlan:
         for inc, a in self._incidents_of.get(i, []):
             s, e = inc.start, inc.end
             w = _ramp(inc.kind, e - s, a)
-            w32 = w.astype(np.float32)
-            mean[:, :, s:e] *= 1 - w32
-            mean[:, :, s:e] += INCIDENT_SIGNATURES[inc.kind].astype(np.float32)[:, None, None] * w32
+            taken = mean[:, :, s:e] * (INCIDENT_TAKE[inc.kind][:, None, None] * w[None, None, :]).astype(np.float32)
+            mean[:, :, s:e] -= taken
+            mean[:, :, s:e] += INCIDENT_SIGNATURES[inc.kind].astype(np.float32)[:, None, None] * taken.sum(axis=0)
             rates[s:e] *= 1 + w[:, None] * (INCIDENT_NODE_FACTORS[inc.kind] - 1)
         return splice(jobs, [(j.start, j.end, j.flavour) for j in mine])
 
@@ -384,14 +414,13 @@ def _draw_incidents(rng, day: dt.date, racks: list[str], T: int, interval_s: flo
             kind = "rack_network" if rng.random() < 0.5 else "rack_power"
         low, high = _LENGTH_MIN[kind]
         length = min(T // 4, max(2, int(round(rng.uniform(low, high) * 60 / interval_s))))
-        severity = float(rng.uniform(0.6, 1.0) if kind == "sched_storm" else rng.uniform(0.5, 0.9))
-        if kind == "fs_stall":
-            nodes, spread = _spread(rng, by_rack, 0.3, 0.7), (0.7, 1.0)
-        elif kind == "sched_storm":
-            nodes, spread = _spread(rng, by_rack, 0.5, 0.9), (0.6, 1.0)
+        severity = float(rng.uniform(*_SEVERITY[kind]))
+        if kind.startswith("rack"):
+            rack = rack_list[int(rng.integers(len(rack_list)))]
+            nodes = _spread(rng, {rack: by_rack[rack]}, *_SHARE[kind])
         else:
-            nodes, spread = by_rack[rack_list[int(rng.integers(len(rack_list)))]], (0.85, 1.0)
-        intensity = tuple(float(x) for x in severity * rng.uniform(*spread, size=len(nodes)))
+            nodes = _spread(rng, by_rack, *_SHARE[kind])
+        intensity = tuple(float(x) for x in severity * rng.uniform(*_NODE_SPREAD, size=len(nodes)))
         for _ in range(30):
             start = int(rng.integers(0, T - length))
             if not busy[max(0, start - gap) : start + length + gap].any():
