@@ -1,6 +1,7 @@
 # didact — one command to run, one to test. Everything else is a convenience.
 #   make demo   venv + packages, then the nightly job for the last 3 days (simulated cluster)
 #   make test   venv + packages + system services' packages, the model gate (quick), then the whole test suite
+#               (on two pytest-xdist workers; PYTEST_WORKERS=0 runs it in this one process)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -33,15 +34,25 @@ system-deps:
 demo: venv
 	$(DIDACT) demo
 
+# The suite on $(PYTEST_WORKERS) pytest-xdist workers, a file's tests on one worker (its module
+# fixtures start their services once), then alone the tests marked serial (they measure the
+# node's load).  The files start longest first (what they took before: tests/conftest.py), in that
+# order (--no-loadscope-reorder).  Both parts always run; either failing fails the target.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: venv system-deps ci-gate
-	$(PY) -m pytest -q --durations=20
+	rc=0; \
+	$(PY) -m pytest -q --durations=20 $(PYTEST_PARALLEL) -m "not serial" || rc=$$?; \
+	$(PY) -m pytest -q --durations=20 -m serial || rc=$$?; \
+	exit $$rc
 
 # a change that makes the model worse fails here (ci/reference.json, ci/thresholds.toml; docs/ci.md)
 ci-gate: venv
 	$(DIDACT) ci gate --profile quick --report $(CURDIR)/.ci/.state/ci-report
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 ui: venv
 	$(DIDACT) ui

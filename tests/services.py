@@ -136,6 +136,36 @@ def start_prometheus(
         yield svc
 
 
+#: seconds between the backfill passes of a test's Dagster daemon (Dagster's own: 30)
+DAEMON_PASS_S = 5
+
+#: ``sitecustomize.py`` for a test's Dagster processes.  Dagster's backfill daemon sleeps a
+#: fixed 30 s between passes (``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS``,
+#: no setting): a 2-day backfill whose second model day waits for the first spends three or
+#: four passes — minutes — only waiting.  In the daemon's process (``dagster-daemon run`` or
+#: ``dagster dev``'s ``python -m dagster._daemon``) a pass comes every few seconds; what a
+#: pass does is unchanged, and every other process is left alone.
+DAEMON_SITE = """\
+import sys
+
+if any("dagster._daemon" in a or a.endswith("dagster-daemon") for a in getattr(sys, "orig_argv", sys.argv)):
+    try:
+        import dagster._daemon.controller as _controller
+    except ImportError:
+        pass
+    else:
+        _controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {seconds}
+"""
+
+
+def dagster_site(folder: Path, extra: str = "", pass_s: int = DAEMON_PASS_S) -> Path:
+    """``folder`` with a ``sitecustomize.py`` (:data:`DAEMON_SITE`, then ``extra``): put it
+    first on the PYTHONPATH of ``dagster dev`` / ``dagster-daemon`` and its runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(DAEMON_SITE.format(seconds=int(pass_s)) + extra)
+    return folder
+
+
 def wait_for_samples(prom: Service, query: str, min_points: int, timeout: float = 30.0) -> None:
     """Wait until ``query`` (an instant query) returns a value ≥ ``min_points``."""
     deadline = time.monotonic() + timeout

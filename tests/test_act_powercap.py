@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from didact_core.act import AuditLog, NodeInfo, Observation, PowerCaps, apply, parse_policy, plan
 from didact_core.act.metrics import write_textfile
 from didact_core.errors import DidactError
+from didact_core.procs import default_signals
 
 from .conftest import REPO
 
@@ -101,7 +102,7 @@ def test_caps_are_restored_when_the_process_exits_fails_or_is_terminated(tree, t
     state = tmp_path / "caps.json"
     argv = [sys.executable, "-c", HOLDER, str(tree), str(state), "wait" if mode == "sigterm" else mode]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=default_signals)  # fmt: skip
     assert proc.stdout.readline().strip() == "capped", proc.stderr.read() if proc.poll() is not None else ""
     if mode == "sigterm":
         assert limits(tree) == [80_000_000] * 2  # held while the process runs
@@ -279,7 +280,8 @@ def test_didact_act_apply_holds_the_cap_and_restores_it_on_sigterm(tree, tmp_pat
            "DIDACT_POWERCAP_ROOT": str(tree)}  # fmt: skip
     argv = [sys.executable, "-m", "didact_assets.cli", "act", "apply", "--no-slurm", "--policy", str(tmp_path / "cap.toml"),
             "--events", str(tmp_path / "none.json"), "--power", str(tmp_path / "power.json"), "--hold", "10"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_signals)  # a signal the runner's shell ignores or blocks reaches it
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -5,7 +5,6 @@ tagged with the backfill, as the daemon tags them; one slow test runs a real dae
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -25,9 +24,10 @@ from didact_assets.instance import ensure_instance
 from didact_assets.resources import DidactResource
 from didact_core.data import spine
 from didact_core.data.warehouse import Warehouse
-from didact_core.procs import default_signals
+from didact_core.procs import default_signals, terminate_tree
 
 from .days import fixed_days
+from .services import dagster_site
 
 REPO = Path(__file__).resolve().parent.parent
 D1, D2 = fixed_days(2)
@@ -168,12 +168,14 @@ def test_ctrl_c_stops_following_and_leaves_the_backfill_running(settings, didact
 
 
 @pytest.mark.slow
-def test_a_real_daemon_runs_a_backfill_launched_here(settings, didact_env, capsys):
+def test_a_real_daemon_runs_a_backfill_launched_here(settings, didact_env, capsys, tmp_path):
     """`dagster-daemon run` (what `didact ui` starts besides the webserver) runs the backfill;
-    `didact backfill` follows it to the end, a line per day."""
+    `didact backfill` follows it to the end, a line per day.  (Its backfill passes come every
+    few seconds, not every 30 s: :func:`tests.services.dagster_site`.)"""
     ensure_instance(settings).dispose()  # the instance exists before the daemon (its migration is not race-safe)
+    env = {**didact_env, "PYTHONPATH": f"{dagster_site(tmp_path / 'site')}:{REPO}"}
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                              cwd=REPO, env=didact_env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                               start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -182,11 +184,7 @@ def test_a_real_daemon_runs_a_backfill_launched_here(settings, didact_env, capsy
             time.sleep(1)
         rc, out = run(capsys, "--from", D1, "--to", D2, "--asset", "raw_node_metrics,job_labels,ai_ready_metrics")
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        terminate_tree(daemon, grace_s=10)
     assert rc == 0, out
     assert "no Dagster daemon" not in out
     assert f"{D1} done" in out and f"{D2} done" in out and "COMPLETED_SUCCESS" in out

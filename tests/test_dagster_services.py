@@ -17,9 +17,10 @@ import pytest
 import requests
 
 from didact_core.data.warehouse import Warehouse
+from didact_core.procs import terminate_tree
 
 from .conftest import REPO, last_days
-from .services import free_port, wait_http_ok
+from .services import dagster_site, free_port
 
 DAGSTER_BIN = Path(sys.executable).parent
 
@@ -62,25 +63,32 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 @pytest.fixture
 def dagster_dev(didact_env, tmp_path):
-    """`dagster dev` (webserver + daemon) on a free 127.0.0.1 port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(DAGSTER_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=didact_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    """`dagster dev` (webserver + daemon) on a free 127.0.0.1 port; its daemon passes over
+    the backfills every few seconds (:func:`tests.services.dagster_site`)."""
+    port, log = free_port(), tmp_path / "dagster-dev.log"
+    site = dagster_site(tmp_path / "site")
+    with open(log, "wb") as out:  # a file, not a pipe nobody reads: a full pipe would stall it
+        proc = subprocess.Popen(
+            [str(DAGSTER_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env={**didact_env, "PYTHONPATH": f"{site}:{REPO}"}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ok(f"{url}/server_info", proc, timeout=120)
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/server_info"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
         yield url
-    finally:
-        import signal
+    finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
+        terminate_tree(proc, grace_s=10)
 
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
 
 
 def chromium(*args: str) -> str:
@@ -185,10 +193,9 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, t
     for group, names in (("telemetry", ["raw_node_metrics", "job_labels", "ai_ready_metrics"]),
                          ("models", ["ood_review", "champion_model", "model_evaluation"])):  # fmt: skip
         page = f"{url}/locations/didact/asset-groups/{group}"
-        dom = chromium("--dump-dom", page)
+        png = shots / f"asset-graph-{group}.png"
+        dom = chromium("--dump-dom", f"--screenshot={png}", "--window-size=1600,900", page)  # one start, both
         for name in names:
             assert name in dom, f"{name} not rendered on {page}"
-        png = shots / f"asset-graph-{group}.png"
-        chromium(f"--screenshot={png}", "--window-size=1600,900", page)
         assert png.stat().st_size > 20_000
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,7 @@
 """Executors: the same job requests through local processes and through a real Slurm.
 
-The Slurm cases run against a single-node Slurm started for the session
-(:mod:`tests.slurm_cluster`); they are marked slow.  Slurm's shortest time limit is one
+The Slurm cases run against the session's single-node Slurm (``slurm_cluster`` in
+conftest.py, :mod:`tests.slurm_cluster`); they are marked slow.  Slurm's shortest time limit is one
 minute and the controller checks limits every 30 s, so the Slurm time-limit case takes
 60–90 s (the local one a second).
 """
@@ -45,19 +45,10 @@ from didact_core.engine.slurm_records import (
 )
 from didact_core.errors import DidactError
 from didact_core.procs import default_signals
-from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
 
 from .conftest import REPO
 
 WAIT_S = 120
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    if missing := missing_binaries():
-        pytest.skip(f"Slurm not installed ({', '.join(missing)}): {INSTALL_HINT}")
-    with start_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 @pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slow)])

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,24 +36,16 @@ from didact_core.errors import DidactError
 from didact_core.learn import job as training_job
 from didact_core.learn.champion import MODEL_ASSET
 from didact_core.learn.registry import ModelRegistry
+from didact_core.procs import terminate_tree
 from tests.postgres_cluster import INSTALL_HINT as PG_INSTALL_HINT
 from tests.postgres_cluster import pg_bin, start_postgres
-from tests.slurm_cluster import INSTALL_HINT, missing_binaries, start_slurm
 
 from .conftest import REPO
 from .days import fixed_days
-from .services import free_port
+from .services import dagster_site, free_port
 
 DAY = fixed_days(1)[0]
 TINY = dict(nodes=4, cpus=2, interval_s=60.0, seed=3, workers=2, start_date="2026-01-01")
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
-    if missing := missing_binaries():
-        pytest.skip(f"Slurm not installed ({', '.join(missing)}): {INSTALL_HINT}")
-    with start_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def tiny(home, **changes) -> Settings:
@@ -359,12 +350,8 @@ def dagster_dev(env: dict, log: Path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
+        terminate_tree(proc, grace_s=10)
 
 
 def _answers(url: str) -> bool:
@@ -410,8 +397,7 @@ def test_dagster_on_postgres_backfills_through_slurm_and_terminate_cancels(slurm
     terminateRun): the step `scancel`s its array, squeue no longer lists it, nothing published."""
     if pg_bin() is None:
         pytest.skip(f"PostgreSQL not installed: {PG_INSTALL_HINT}")
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SLEEP_SITE)
+    site = dagster_site(tmp_path / "site", extra=SLEEP_SITE)  # the daemon's backfill passes every few seconds
     flag = tmp_path / "sleep-flag"
     farm = on_slurm(tmp_path / "farm", slurm_cluster)
     dagster_home = tmp_path / "dagster"
@@ -427,7 +413,7 @@ def test_dagster_on_postgres_backfills_through_slurm_and_terminate_cancels(slurm
                "DIDACT_EXECUTOR": "slurm", "DIDACT_SLURM_CONF": str(slurm_cluster.conf),
                "DIDACT_SLURM_TIME_LIMIT": "5", "DAGSTER_HOME": str(dagster_home),
                "SLURM_TEST_SLEEP_FLAG": str(flag), "DAGSTER_PG_URL": pg.url("dagster", PG_SCHEME, connect_timeout="10"),
-               "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}"}  # fmt: skip
+               "PYTHONPATH": f"{site}:{REPO}"}  # fmt: skip
         with dagster_dev(env, tmp_path / "dagster-dev.log") as url:
             assets = ("raw_node_metrics", "job_labels", "ai_ready_metrics", "ood_review", "champion_model")
             backfill = launch(url, """mutation($params: LaunchBackfillParams!) {

@@ -94,6 +94,7 @@ SEG_S = 15.0
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its accuracy bars hold on a quiet node: `make test` runs it after the parallel part
 def test_record_five_flavours_ingest_them_and_tell_them_apart(settings, tmp_path):
     """Five flavours × three 15 s segments (the segment-honest evaluation holds one of each
     out and trains on two), recorded, ingested with node-level features, classified per
