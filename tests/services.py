@@ -50,6 +50,14 @@ class MissingBinary(RuntimeError):
     """A service binary is not installed."""
 
 
+def answers(url: str) -> bool:
+    """``url`` answers 2xx now (a service that is not up yet is False, not an error)."""
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 def find_binary(name: str) -> str:
     """Path of a service binary; raises :class:`MissingBinary` naming the install script."""
     candidates = list(_BINARIES.get(name, []))

@@ -273,8 +273,9 @@ def test_the_cli_plans_from_the_review_queue_applies_the_approval_and_logs(clust
 
 # -- job-peer stragglers and partitions on the real Slurm (slow; unit tests: test_act_peers.py) --
 
-STRAGGLER = """
+PEERS = """
 [limits]
+drains_per_hour = {per_hour}
 max_drained_fraction = 1.0  # a one-node cluster
 
 [[rule]]
@@ -289,6 +290,7 @@ when = "ood_intervals == 0"
 action = "resume"
 auto = true
 """
+STRAGGLER = PEERS.format(per_hour=10)
 
 
 @pytest.mark.slow

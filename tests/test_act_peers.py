@@ -16,29 +16,11 @@ from didact_core.act.limits import OutOfService
 from didact_core.act.peers import peer_frame, straggler, with_peers
 from didact_core.act.shed import SuspendRules, shed_plan
 from didact_core.errors import DidactError
-from tests.test_act import FakeSlurm
+from tests.test_act import PEERS, FakeSlurm
 from tests.test_act_shed import PEAK, SHED
 
 T0 = pd.Timestamp("2026-02-10T12:00:00Z")
 STEP = pd.Timedelta(seconds=15)
-
-PEERS = """
-[limits]
-drains_per_hour = {per_hour}
-max_drained_fraction = 1.0
-
-[[rule]]
-name = "peer-drain"
-when = "job_peer_score >= 8"
-for_intervals = 3
-action = "drain"
-
-[[rule]]
-name = "ood-clear"
-when = "ood_intervals == 0"
-action = "resume"
-auto = true
-"""
 
 
 def peer_policy(per_hour: int = 5):

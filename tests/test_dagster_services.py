@@ -20,7 +20,7 @@ from didact_core.data.warehouse import Warehouse
 from didact_core.procs import terminate_tree
 
 from .conftest import REPO, last_days
-from .services import dagster_site, free_port
+from .services import answers, dagster_site, free_port
 
 DAGSTER_BIN = Path(sys.executable).parent
 
@@ -76,19 +76,12 @@ def dagster_dev(didact_env, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while not _answers(f"{url}/server_info"):
+        while not answers(f"{url}/server_info"):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
         yield url
     finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
         terminate_tree(proc, grace_s=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 def chromium(*args: str) -> str:

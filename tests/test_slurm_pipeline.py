@@ -42,7 +42,7 @@ from tests.postgres_cluster import pg_bin, start_postgres
 
 from .conftest import REPO
 from .days import fixed_days
-from .services import dagster_site, free_port
+from .services import answers, dagster_site, free_port
 
 DAY = fixed_days(1)[0]
 TINY = dict(nodes=4, cpus=2, interval_s=60.0, seed=3, workers=2, start_date="2026-01-01")
@@ -346,19 +346,12 @@ def dagster_dev(env: dict, log: Path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while not _answers(f"{url}/server_info"):
+        while not answers(f"{url}/server_info"):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
         yield url
     finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
         terminate_tree(proc, grace_s=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 #: the tests' site for the Dagster services: task 0 of a Slurm job sleeps while the flag file exists
