@@ -240,7 +240,13 @@ def _overrides(pairs: list[str]) -> dict:
         key, _, value = p.partition("=")
         if key not in fields or not value:
             raise SystemExit(f"--set {p}: not KEY=VALUE with KEY one of {sorted(fields)}")
-        out[key] = type(fields[key])(value)
+        kind = type(fields[key])
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {p}: {key} takes true or false")
+            out[key] = value.lower() in ("true", "1")
+        else:
+            out[key] = kind(value)
     return out
 
 

@@ -16,9 +16,17 @@ baseline (an EMA), in robust sd and clipped to ``± co_cap`` — its drift.  A n
 change drifts it up or down, at its own time; an incident drifts many nodes up at once.  The
 scope mean of the signed drifts cancels the former and adds up the latter, so a faint
 incident that keeps every node under its own threshold still lifts its scope.  Per scope the
-score is the larger of the excess score and (× ``co_weight``) the co-movement score, each in
-clean-day units.  The incident score is the largest of the cluster's and every rack's score:
-a filesystem stall lifts the cluster, a rack event lifts its rack.
+score is the excess score plus (× ``co_weight``) the co-movement score, each in clean-day units.
+
+Level (what the robust scores discard): the log of the scope's mean error, smoothed, in
+clean-day units (each rack against its own clean level).  The excess ignores rises below
+``excess_z``, and the co-movement is in units of the broad cross-node spread of the log error; a
+faint incident that lifts a few nodes' errors tenfold while others' jobs end shows in neither but
+moves the scope's mean error.  Each node counts at most up to the top of the normal range and the
+scope's highest node not at all (so does the excess and co-movement mean with ``trim_top``): one
+wild node — a straggler, a node fault — is not an incident of its rack.  The scope score is the
+larger of the two (× ``level_weight``; 0 = off).  The incident score is the largest of the
+cluster's and every rack's score: a filesystem stall lifts the cluster, a rack event lifts its rack.
 
 Per job (≥ ``min_peers`` members scored): each member's latent distance to the job's median
 latent and its log error against the job's median, each as a robust z over the job's peers
@@ -28,7 +36,7 @@ score is the larger of the two, smoothed per (job, node) over time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -53,6 +61,13 @@ class Calibration:
     co_cluster_unit: float = 1.0
     co_rack_q50: float = 0.0
     co_rack_unit: float = 1.0
+    #: the level scores' units (log of the scope's mean error); each rack against its own clean
+    #: level (``level_racks``: rack → [q50, unit]), a rack not seen in training against all racks'
+    level_cluster_q50: float = 0.0
+    level_cluster_unit: float = 1.0
+    level_rack_q50: float = 0.0
+    level_rack_unit: float = 1.0
+    level_racks: dict = field(default_factory=dict)
     #: incident threshold on the incident score (and the hysteresis's lower end)
     threshold: float = float("inf")
     low_threshold: float = float("inf")
@@ -61,20 +76,35 @@ class Calibration:
     peer_threshold: float = float("inf")
 
     def to_dict(self) -> dict:
-        return {k: (None if not np.isfinite(v) else float(v)) for k, v in asdict(self).items()}
+        out = {k: (None if not np.isfinite(v) else float(v)) for k, v in asdict(self).items() if k != "level_racks"}
+        out["level_racks"] = {str(k): [float(a), float(b)] for k, (a, b) in self.level_racks.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: (float("inf") if v is None else float(v)) for k, v in d.items() if k in names})
+        names = {f.name for f in fields(cls)} - {"level_racks"}
+        cal = cls(**{k: (float("inf") if v is None else float(v)) for k, v in d.items() if k in names})
+        cal.level_racks = {str(k): (float(v[0]), float(v[1])) for k, v in (d.get("level_racks") or {}).items()}
+        return cal
+
+    def level_rack_units(self, racks) -> tuple[np.ndarray, np.ndarray]:
+        """(q50, unit) arrays of the racks' level scores, in ``racks`` order (all racks' for an unseen one)."""
+        pairs = [self.level_racks.get(r, (self.level_rack_q50, self.level_rack_unit)) for r in racks]
+        return np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs], dtype=np.float64)
 
     def blend(self, new: "Calibration", weight: float) -> "Calibration":
-        """``(1 − weight)·self + weight·new`` field by field (continual training)."""
+        """``(1 − weight)·self + weight·new`` field by field (continual training); a rack in one
+        of the two only keeps that one's level units."""
         out = {}
         for f in fields(self):
+            if f.name == "level_racks":
+                continue
             a, b = getattr(self, f.name), getattr(new, f.name)
             out[f.name] = b if not (np.isfinite(a) and np.isfinite(b)) else (1 - weight) * a + weight * b
-        return Calibration(**out)
+        racks = {**self.level_racks, **new.level_racks}
+        for k in set(self.level_racks) & set(new.level_racks):
+            racks[k] = tuple((1 - weight) * a + weight * b for a, b in zip(self.level_racks[k], new.level_racks[k]))
+        return Calibration(**out, level_racks=racks)
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,8 @@ class StepParams:
     co_beta: float = 0.02
     co_cap: float = 4.0
     co_weight: float = 1.0
+    level_weight: float = 1.0
+    trim_top: bool = True
 
 
 def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibration, p: StepParams) -> np.ndarray:
@@ -149,15 +181,27 @@ def deviations(latent: np.ndarray, beta: float) -> np.ndarray:
     return out
 
 
-def scope_means(x: np.ndarray, onehot: np.ndarray) -> tuple[float, np.ndarray]:
-    """(cluster mean, per-rack means) of a node vector, ignoring NaN (NaN for an empty scope)."""
+def scope_means(x: np.ndarray, onehot: np.ndarray, trim_top: bool = False) -> tuple[float, np.ndarray]:
+    """(cluster mean, per-rack means) of a node vector, ignoring NaN (NaN for an empty scope).
+    ``trim_top``: without the scope's highest node where it has ≥ 3 (one wild node — a straggler,
+    a node fault — is not an incident of its rack or of the cluster)."""
     ok = np.isfinite(x)
     xs = np.where(ok, x, 0.0)
     n = ok.sum()
-    cluster = float(xs.sum() / n) if n else float("nan")
     counts = ok.astype(np.float64) @ onehot
+    sums = xs @ onehot
+    total = float(xs.sum())
+    if trim_top:
+        hi = np.where(ok, x, -np.inf)
+        top = np.where(onehot > 0, hi[:, None], -np.inf).max(axis=0)
+        cut = counts >= 3
+        sums = np.where(cut, sums - np.where(cut, top, 0.0), sums)
+        counts = np.where(cut, counts - 1, counts)
+        if n >= 3:
+            total, n = total - float(hi.max()), n - 1
+    cluster = float(total / n) if n else float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):
-        racks = np.where(counts > 0, (xs @ onehot) / np.maximum(counts, 1.0), np.nan)
+        racks = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
     return cluster, racks
 
 

@@ -95,10 +95,16 @@ class ClusterConfig:
     co_beta: float = 0.02
     co_cap: float = 4.0
     co_weight: float = 1.0
+    #: the level score's weight (the log of a scope's mean error in clean-day units; 0 = off)
+    level_weight: float = 1.0
+    #: the excess and co-movement means of a scope leave out its highest node (one wild node —
+    #: a straggler, a node fault — must not open an incident of its rack); the level always does
+    trim_top: bool = True
 
     def params(self) -> StepParams:
         return StepParams(self.excess_z, self.excess_cap, self.alpha, self.min_peers, self.peer_alpha, self.peer_cap,
-                          self.lat_beta, self.lat_weight, self.co_beta, self.co_cap, self.co_weight)  # fmt: skip
+                          self.lat_beta, self.lat_weight, self.co_beta, self.co_cap, self.co_weight,
+                          self.level_weight, self.trim_top)  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,15 +120,18 @@ class ClusterConfig:
     def validate(self) -> "ClusterConfig":
         bad = [k for k in ("alpha", "peer_alpha", "update_weight", "low_fraction", "lat_beta", "co_beta")
                if not 0 < getattr(self, k) <= 1]  # fmt: skip
-        bad += [k for k in ("lat_weight", "co_weight") if getattr(self, k) < 0]
+        bad += [k for k in ("lat_weight", "co_weight", "level_weight") if getattr(self, k) < 0]
         bad += ["co_cap"] if self.co_cap <= 0 else []
         bad += [k for k in ("unit_quantile", "threshold_quantile", "peer_quantile") if not 0.5 <= getattr(self, k) < 1]
         bad += [k for k in ("excess_cap", "unit_floor", "err_scale_floor", "margin", "peer_margin") if getattr(self, k) <= 0]
         if self.min_peers < 3:
             bad.append("min_peers")
+        if not isinstance(self.trim_top, bool):
+            bad.append("trim_top")
         if bad:
             raise DidactError("cluster model config", f"has out-of-range values for {bad}",
-                              "weights in (0, 1], quantiles in [0.5, 1), positive scales, min_peers >= 3")
+                              "weights in (0, 1], quantiles in [0.5, 1), positive scales, min_peers >= 3, "
+                              "trim_top true or false")
         return self
 
 
@@ -184,9 +193,10 @@ class ClusterModel:
         members = validate_jobs(jobs, racks)
         cfg, old = self.config, self.calibration_
         cal = self._node_stats(le, deviations(tensor.latent, cfg.lat_beta), old)
-        # raw pass: the excess scores alone (co_weight 0) beside the raw co-movement scores
-        first = score_tensor(ClusterScorer(cal, replace(cfg.params(), co_weight=0.0), racks), tensor, members)
-        cal = self._calibrate_scopes(cal, first)
+        # raw pass: the excess scores alone (co_weight, level_weight 0) beside the raw co-movement and level scores
+        raw = replace(cfg.params(), co_weight=0.0, level_weight=0.0)
+        first = score_tensor(ClusterScorer(cal, raw, racks), tensor, members)
+        cal = self._calibrate_scopes(cal, first, racks)
         if first.lat_spread.size:
             cal.peer_lat_floor = max(float(np.median(first.lat_spread)), 1e-6)
             cal.peer_err_floor = max(float(np.median(first.err_spread)), 1e-6)
@@ -236,7 +246,7 @@ class ClusterModel:
                 setattr(cal, k, (1 - w) * getattr(old, k) + w * getattr(cal, k))
         return cal
 
-    def _calibrate_scopes(self, cal: Calibration, trace: StepTrace) -> Calibration:
+    def _calibrate_scopes(self, cal: Calibration, trace: StepTrace, racks: RackMap) -> Calibration:
         """Units of the cluster and rack scores, and the incident threshold, from raw smoothed values."""
         cfg = self.config
 
@@ -257,6 +267,14 @@ class ClusterModel:
             cal.co_rack_q50, cal.co_rack_unit = unit(trace.co_racks.ravel())
             c = _plus(c, cfg.co_weight * (trace.co_cluster - cal.co_cluster_q50) / cal.co_cluster_unit)
             r = _plus(r, cfg.co_weight * (trace.co_racks - cal.co_rack_q50) / cal.co_rack_unit)
+        if cfg.level_weight > 0 and trace.level_cluster is not None:
+            cal.level_cluster_q50, cal.level_cluster_unit = unit(trace.level_cluster)
+            cal.level_rack_q50, cal.level_rack_unit = unit(trace.level_racks.ravel())
+            cal.level_racks = {name: unit(trace.level_racks[:, j]) for j, name in enumerate(racks.racks)
+                               if np.isfinite(trace.level_racks[:, j]).sum() >= 10}  # fmt: skip
+            q50, u = cal.level_rack_units(racks.racks)
+            c = np.fmax(c, cfg.level_weight * (trace.level_cluster - cal.level_cluster_q50) / cal.level_cluster_unit)
+            r = np.fmax(r, cfg.level_weight * (trace.level_racks - q50) / u)
         both = np.column_stack([c, r])
         s = np.where(np.isfinite(both).any(axis=1), np.nanmax(np.where(np.isfinite(both), both, -np.inf), axis=1), np.nan)
         s = s[np.isfinite(s)]
@@ -329,7 +347,12 @@ class ClusterModel:
             raise RegistryError(what, f"has format_version {meta.get('format_version')!r}, this didact reads "
                                       f"{FORMAT_VERSION}", "upgrade didact")
         try:
-            model = cls(ClusterConfig.from_dict(meta["config"]))
+            config = ClusterConfig.from_dict(meta["config"])
+            if "level_cluster_unit" not in meta["calibration"]:  # saved before the level score: it has no units
+                config = replace(config, level_weight=0.0)
+            if "trim_top" not in meta["config"]:  # saved before trimming: its units are of untrimmed means
+                config = replace(config, trim_top=False)
+            model = cls(config)
             model.calibration_ = Calibration.from_dict(meta["calibration"])
             model.n_fits_ = int(meta.get("training", {}).get("n_fits", 0))
             model.fits_ = list(meta.get("training", {}).get("fits", []))

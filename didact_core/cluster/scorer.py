@@ -63,6 +63,9 @@ class StepScores:
     #: the co-movement scores alone (clean-day units; already in cluster_score / rack_score)
     co_cluster: float = float("nan")
     co_rack: np.ndarray | None = None
+    #: the level scores alone (clean-day units; in cluster_score / rack_score as their floor)
+    level_cluster: float = float("nan")
+    level_rack: np.ndarray | None = None
 
 
 @dataclass
@@ -107,6 +110,7 @@ class ClusterScorer:
         self.onehot = np.zeros((len(racks.nodes), racks.n_racks))
         self.onehot[np.arange(len(racks.nodes)), racks.rack_of] = 1.0
         self._mask = self.onehot.astype(bool)
+        self._level_q50, self._level_unit = calibration.level_rack_units(racks.racks)
         self.reset()
 
     def reset(self) -> None:
@@ -116,6 +120,8 @@ class ClusterScorer:
         self._own: np.ndarray | None = None  # each node's log-error baseline (co-movement)
         self._co_cluster: np.ndarray | None = None
         self._co_racks: np.ndarray | None = None
+        self._level_cluster: np.ndarray | None = None
+        self._level_racks: np.ndarray | None = None
         self._peers = pd.Series(dtype=np.float64)
         self._peer_arr = np.zeros(0)
         self._jobs_seen: tuple | None = None
@@ -126,7 +132,7 @@ class ClusterScorer:
         cal, p = self.cal, self.params
         dev, self._baseline = deviation_step(np.asarray(latent, dtype=np.float64), self._baseline, p.lat_beta)
         x = node_excess(error, dev, cal, p)
-        c_raw, r_raw = scope_means(x, self.onehot)
+        c_raw, r_raw = scope_means(x, self.onehot, trim_top=self.params.trim_top)
         self._cluster = ema(self._cluster, np.array([c_raw]), p.alpha)
         self._racks = ema(self._racks, r_raw, p.alpha)
         cluster = float((self._cluster[0] - cal.cluster_q50) / cal.cluster_unit)
@@ -135,6 +141,10 @@ class ClusterScorer:
         if p.co_weight > 0:
             cluster = float(_plus(cluster, p.co_weight * co_cluster))
             racks = _plus(racks, p.co_weight * co_racks)
+        level_cluster, level_racks = self._level(error)
+        if p.level_weight > 0:
+            cluster = float(np.fmax(cluster, p.level_weight * level_cluster))
+            racks = np.fmax(racks, p.level_weight * level_racks)
         top = int(np.nanargmax(racks)) if np.isfinite(racks).any() else -1
         best = max(cluster if np.isfinite(cluster) else -np.inf, racks[top] if top >= 0 else -np.inf)
         scored = np.isfinite(error)
@@ -153,18 +163,34 @@ class ClusterScorer:
             frac_ood=float(ood[scored].mean()) if scored.any() else float("nan"),
             mean_error=float(error[scored].mean()) if scored.any() else float("nan"),
             rack_max_error=_rack_max(error, self._mask), nodes_scored=int(scored.sum()), node_excess=x, peer=ps,
-            co_cluster=co_cluster, co_rack=co_racks,
+            co_cluster=co_cluster, co_rack=co_racks, level_cluster=level_cluster, level_rack=level_racks,
         )
 
     def _co_movement(self, error: np.ndarray) -> tuple[float, np.ndarray]:
         """Co-movement scores (cluster, per rack) of this step, in clean-day units (core docstring)."""
         cal, p = self.cal, self.params
         u, self._own = co_drift(np.log(np.maximum(error, 1e-12)), self._own, cal, p)
-        c_raw, r_raw = scope_means(u, self.onehot)
+        c_raw, r_raw = scope_means(u, self.onehot, trim_top=p.trim_top)
         self._co_cluster = ema(self._co_cluster, np.array([c_raw]), p.alpha)
         self._co_racks = ema(self._co_racks, r_raw, p.alpha)
         return (float((self._co_cluster[0] - cal.co_cluster_q50) / cal.co_cluster_unit),
                 (self._co_racks - cal.co_rack_q50) / cal.co_rack_unit)
+
+    def _level(self, error: np.ndarray) -> tuple[float, np.ndarray]:
+        """Level scores (cluster, per rack): the log of the scope's mean error (each node's clipped at
+        the normal range's top, the highest node left out), smoothed, in clean-day units (each rack
+        against its own clean level)."""
+        cal, p = self.cal, self.params
+        # a node counts at most up to the top of the normal range (excess_z robust sd above the clean
+        # median), and the scope's highest node not at all: one node off its normal cannot lift its scope
+        top = np.exp(cal.err_median + p.excess_z * cal.err_scale)
+        c_raw, r_raw = scope_means(np.minimum(error, top), self.onehot, trim_top=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c_log, r_log = np.log(np.maximum(np.array([c_raw]), 1e-12)), np.log(np.maximum(r_raw, 1e-12))
+        self._level_cluster = ema(self._level_cluster, c_log, p.alpha)
+        self._level_racks = ema(self._level_racks, r_log, p.alpha)
+        return (float((self._level_cluster[0] - cal.level_cluster_q50) / cal.level_cluster_unit),
+                (self._level_racks - self._level_q50) / self._level_unit)
 
     def _smooth_peers(self, ps: PeerStep, keys, hold: bool = False) -> np.ndarray:
         if not len(ps.rows):
@@ -278,6 +304,9 @@ class StepTrace:
     #: the co-movement scores alone: (T,) and (T, R)
     co_cluster: np.ndarray | None = None
     co_racks: np.ndarray | None = None
+    #: the level scores alone: (T,) and (T, R)
+    level_cluster: np.ndarray | None = None
+    level_racks: np.ndarray | None = None
 
 
 def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame) -> StepTrace:
@@ -285,7 +314,7 @@ def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame)
     T, R = len(tensor.ts), scorer.racks.n_racks
     inc, clu, fo, me = (np.full(T, np.nan) for _ in range(4))
     rk, rm, cor = np.full((T, R), np.nan), np.full((T, R), np.nan), np.full((T, R), np.nan)
-    coc = np.full(T, np.nan)
+    coc, lvc, lvr = np.full(T, np.nan), np.full(T, np.nan), np.full((T, R), np.nan)
     ex = np.full(tensor.error.shape, np.nan)
     codes = pd.factorize(jobs["job_id"])[0] if len(jobs) else np.zeros(0, np.int64)
     nidx = jobs["node_index"].to_numpy(dtype=np.int64) if len(jobs) else np.zeros(0, np.int64)
@@ -298,7 +327,7 @@ def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame)
         s = scorer.step(tensor.error[t], tensor.ood[t], tensor.latent[t], codes[active], nidx[active], keys[active])
         inc[t], clu[t], fo[t], me[t] = s.incident_score, s.cluster_score, s.frac_ood, s.mean_error
         rk[t], rm[t], ex[t] = s.rack_score, s.rack_max_error, s.node_excess
-        coc[t], cor[t] = s.co_cluster, s.co_rack
+        coc[t], cor[t], lvc[t], lvr[t] = s.co_cluster, s.co_rack, s.level_cluster, s.level_rack
         if len(s.peer_rows):
             pt.append(np.full(len(s.peer_rows), t))
             pr.append(active[s.peer_rows])
@@ -311,4 +340,4 @@ def score_tensor(scorer: ClusterScorer, tensor: ScoreTensor, jobs: pd.DataFrame)
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
     return StepTrace(tensor.ts, inc, clu, rk, fo, me, rm, ex, cat(pt, np.int64), cat(pr, np.int64),
-                     cat(psc), cat(praw), cat(ls), cat(es), coc, cor)
+                     cat(psc), cat(praw), cat(ls), cat(es), coc, cor, lvc, lvr)
