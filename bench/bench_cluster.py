@@ -1,7 +1,7 @@
 """Cluster-model benchmark: incidents, rack localisation, stragglers vs simulated truth; scoring time.
 
-    .venv/bin/python bench/bench_cluster.py                 # seeds 1 2 3 (judged), 64 nodes, 8 racks
-    .venv/bin/python bench/bench_cluster.py --seeds 0 4 5   # the development seeds (tuned on)
+    .venv/bin/python bench/bench_cluster.py                 # seeds 12 13 14 (judged once, untouched), 64 nodes, 8 racks
+    .venv/bin/python bench/bench_cluster.py --seeds 0 4 5 11   # the development seeds (tuned on)
     .venv/bin/python bench/bench_cluster.py --explain       # every false / missed straggler call, and why
     .venv/bin/python bench/bench_cluster.py --source synthetic --seeds 1 2 3   # no simulator/detector
     .venv/bin/python bench/bench_cluster.py --timing-only
@@ -253,7 +253,8 @@ def _overrides(pairs: list[str]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", choices=["sim", "synthetic"], default="sim")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[12, 13, 14],
+                    help="simulator seeds (default: the untouched judged ones; 0 4 5 11 were tuned on)")
     ap.add_argument("--nodes", type=int, default=64)
     ap.add_argument("--per-rack", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=4)

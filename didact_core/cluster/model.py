@@ -82,7 +82,7 @@ class ClusterConfig:
     #: (robust z over the peers; clean days hold node faults too, so the floor is what usually holds)
     peer_quantile: float = 0.95
     peer_margin: float = 3.0
-    peer_min_threshold: float = 8.0
+    peer_min_threshold: float = 7.0
     #: continual training: how far each learnt number moves toward the new day's
     update_weight: float = 0.5
     #: EMA weight of a node's latent baseline, and how much its deviation counts.  Off (0) by
