@@ -82,10 +82,10 @@ class ClusterRegistry(ModelRegistry):
 
         with tempfile.TemporaryDirectory(prefix="didact-cluster-") as tmp:
             d = model.save(Path(tmp) / "cluster")
-            self._call("logging the cluster model", mlflow.log_artifacts, str(d), artifact_path=_ARTIFACT)
+            self.call("logging the cluster model", mlflow.log_artifacts, str(d), artifact_path=_ARTIFACT)
         run_id = mlflow.active_run().info.run_id
         self._ensure_registered()
-        mv = self._call("registering the cluster model", self.client.create_model_version, self.name,
+        mv = self.call("registering the cluster model", self.client.create_model_version, self.name,
                         mlflow.get_artifact_uri(_ARTIFACT), run_id=run_id,
                         tags={k: str(v) for k, v in (tags or {}).items()})  # fmt: skip
         self.set_alias(CHALLENGER, int(mv.version))

@@ -96,8 +96,8 @@ class ModelRegistry:
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self.experiment_id = self._experiment()
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        """Run a registry call; connection problems become a RegistryError."""
+    def call(self, what: str, fn, *args, **kwargs):
+        """Run an MLflow client call (``what`` names it in errors); connection problems become a RegistryError."""
         from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
 
         try:
@@ -108,11 +108,11 @@ class ModelRegistry:
             raise RegistryError(f"MLflow at {self.tracking_uri}", f"{what} failed: {e}", _FIX) from None
 
     def _experiment(self) -> str:
-        exp = self._call("looking up the experiment", self.client.get_experiment_by_name, EXPERIMENT)
+        exp = self.call("looking up the experiment", self.client.get_experiment_by_name, EXPERIMENT)
         if exp is not None:
             return exp.experiment_id
         location = self.settings.artifact_uri if self.tracking_uri.startswith("sqlite:") else None
-        return self._call("creating the experiment", self.client.create_experiment, EXPERIMENT, location)
+        return self.call("creating the experiment", self.client.create_experiment, EXPERIMENT, location)
 
     # -- runs ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -125,8 +125,8 @@ class ModelRegistry:
 
         if mlflow.active_run() is not None:  # never nest into a stray run of the process
             self._end(mlflow.active_run().info.run_id, "FAILED")
-        self._call("ending stale runs", end_stale_runs, self.client, self.experiment_id)
-        run = self._call("starting a run", mlflow.start_run, experiment_id=self.experiment_id, run_name=run_name,
+        self.call("ending stale runs", end_stale_runs, self.client, self.experiment_id)
+        run = self.call("starting a run", mlflow.start_run, experiment_id=self.experiment_id, run_name=run_name,
                          tags={**(tags or {}), **process_tags()})  # fmt: skip
         try:
             yield run
@@ -166,7 +166,7 @@ class ModelRegistry:
             det_dir = detector.save(Path(tmp) / "detector")
             example = pd.DataFrame(example, columns=list(detector.feature_names)).head(64)
             signature = infer_signature(example, predict_frame(detector, example))
-            info = self._call(
+            info = self.call(
                 "logging the model",
                 mlflow.pyfunc.log_model,
                 name="model",
@@ -177,7 +177,7 @@ class ModelRegistry:
             )
         self._ensure_registered()
         with _quiet_register_model():
-            mv = self._call(
+            mv = self.call(
                 "registering the model", mlflow.register_model, info.model_uri, self.name,
                 tags={k: str(v) for k, v in (tags or {}).items()},
             )  # fmt: skip
@@ -191,11 +191,11 @@ class ModelRegistry:
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
-            self._call("creating the registered model", self.client.create_registered_model, self.name,
+            self.call("creating the registered model", self.client.create_registered_model, self.name,
                        description="didact detector: trained day by day; aliases champion/challenger")  # fmt: skip
 
     def version(self, version: int) -> ModelVersionInfo:
-        mv = self._call(f"reading version {version}", self.client.get_model_version, self.name, str(version))
+        mv = self.call(f"reading version {version}", self.client.get_model_version, self.name, str(version))
         return _info(mv)
 
     def versions(self) -> list[ModelVersionInfo]:
@@ -233,7 +233,7 @@ class ModelRegistry:
             raise RegistryError(f"MLflow at {self.tracking_uri}", f"reading alias {alias} failed: {e}") from None
 
     def set_alias(self, alias: str, version: int) -> None:
-        self._call(f"setting alias {alias}", self.client.set_registered_model_alias, self.name, alias, str(version))
+        self.call(f"setting alias {alias}", self.client.set_registered_model_alias, self.name, alias, str(version))
 
     def promote(self, version: int) -> int | None:
         """Move ``champion`` to ``version``; the old champion becomes ``previous_champion``.

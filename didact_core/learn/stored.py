@@ -120,7 +120,7 @@ def changed_since(settings: Settings, reg: Registration) -> str | None:
     if mv is None or mv.tags.get("day") != reg.day or not reg.mlflow_run_id or mv.run_id != reg.mlflow_run_id:
         return (f"model {settings.model_name} holds no v{reg.model_version} of {reg.day} from MLflow run "
                 f"{reg.mlflow_run_id} (another DIDACT_MODEL_NAME or tracking server?)")  # fmt: skip
-    run = registry._call("reading the training run", registry.client.get_run, reg.mlflow_run_id)
+    run = registry.call("reading the training run", registry.client.get_run, reg.mlflow_run_id)
     if run.info.status != "FINISHED":
         return f"its MLflow run {reg.mlflow_run_id} is {run.info.status}"
     recorded = run.data.tags.get(INPUTS_TAG)
@@ -149,7 +149,7 @@ def stored_outcome(settings: Settings, reg: Registration) -> TrainOutcome:
     MLflow: the version, the run's sample counts, the gate, the fit record, the plots
     (``seconds``: the run's duration)."""
     registry = ModelRegistry(settings)
-    run = registry._call("reading the training run", registry.client.get_run, reg.mlflow_run_id)
+    run = registry.call("reading the training run", registry.client.get_run, reg.mlflow_run_id)
     gate = _gate(registry, reg.mlflow_run_id)
     if gate is None:
         raise RegistryError(f"MLflow run {reg.mlflow_run_id}", "has no promotion_gate.json",
@@ -173,7 +173,7 @@ def _download(registry: ModelRegistry, run_id: str, path: str, dst: str) -> Path
     import mlflow
 
     try:
-        return Path(registry._call(f"downloading {path}", mlflow.artifacts.download_artifacts,
+        return Path(registry.call(f"downloading {path}", mlflow.artifacts.download_artifacts,
                                    run_id=run_id, artifact_path=path, dst_path=dst))  # fmt: skip
     except RegistryError:
         return None
