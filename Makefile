@@ -1,7 +1,7 @@
 # didact — one command to run, one to test. Everything else is a convenience.
 #   make demo   venv + packages, then the nightly job for the last 3 days (simulated cluster)
 #   make test   venv + packages + system services' packages, the model gate (quick), then the whole test suite
-#               (on two pytest-xdist workers; PYTEST_WORKERS=0 runs it in this one process)
+#               (on three pytest-xdist workers; PYTEST_WORKERS=0 runs it in this one process)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -38,7 +38,7 @@ demo: venv
 # fixtures start their services once), then alone the tests marked serial (they measure the
 # node's load).  The files start longest first (what they took before: tests/conftest.py), in that
 # order (--no-loadscope-reorder).  Both parts always run; either failing fails the target.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: venv system-deps ci-gate

@@ -104,7 +104,7 @@ def slurm_cluster(slurm_session):
 
 
 # -- the longest files first -------------------------------------------------------------------
-# `make test` runs the suite on two pytest-xdist workers, a file's tests on one worker
+# `make test` runs the suite on three pytest-xdist workers, a file's tests on one worker
 # (--dist loadfile: a module's services start once).  The files go out in collection order,
 # so a long file collected last would leave one worker running it alone at the end: the
 # files start longest first, by what their tests took in the runs before (pytest's cache,
