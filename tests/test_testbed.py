@@ -219,6 +219,29 @@ def test_a_missing_tool_is_named_and_the_other_flavours_record(settings, tmp_pat
                        tool_path=str(tmp_path / "empty"))  # fmt: skip
 
 
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.1: pass"
+
+
+def test_short_lived_children_count_as_the_flavours_cpu(settings, tmp_path, monkeypatch):
+    """A flavour whose work is many short-lived processes (a compile's cc1, a shell loop): each
+    child burns >= 0.1 CPU s and lives a fraction of the once-a-second sampling; the segment's
+    CPU counts them all (its process tree's, once reaped), so they are not "other load"."""
+    from didact_core.testbed.workloads import WORKLOADS, Workload
+
+    done = tmp_path / "bursts.done"
+    script = f"while :; do python3 -c '{BURN}' && echo x >> {done}; done"
+    bursts = Workload("bursts", "short CPU-bound children, one after another (test only)",
+                      (("sh", "dash"), ("python3", "python3")), lambda c: [c.tools["sh"], "-c", script])
+    monkeypatch.setitem(WORKLOADS, "bursts", bursts)
+    rec = testbed.record(flavours="bursts", segments=1, segment_seconds=8, out_csv=tmp_path / "labels.csv",
+                         seed=1, settings=settings)  # fmt: skip
+    (seg,) = rec.segments
+    children = len(done.read_text().split()) if done.exists() else 0
+    assert children >= 5, children  # (a machine too loaded to run five 0.1 s children in 8 s says so here)
+    # sampling once a second sees at most one child at a time, part of its 0.1 s: ≤ ~0.15 s per second
+    assert seg.cpu_s >= 0.1 * children, (seg.cpu_s, children)
+
+
 CHILD = r"""
 import json, sys
 from didact_core import testbed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -123,6 +124,15 @@ def cpu_ticks(pids: Sequence[int]) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def reaped_children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children that have ended and been waited
+    for, with the descendants each of them waited for (``getrusage(RUSAGE_CHILDREN)``): what a
+    flavour's process tree used once the recorder reaps its leader, short-lived children
+    (a compile's cc1, a shell loop's commands) included — sampling once a second misses them."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def sample_cpu(tag: str, acc: dict) -> None:

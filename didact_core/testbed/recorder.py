@@ -56,7 +56,7 @@ from didact_core.errors import DidactError
 from didact_core.procs import pdeathsig
 from didact_core.testbed.labels_csv import LabelsWriter
 from didact_core.testbed.processes import (
-    TAG_VAR, cpu_ticks, node_busy_s, sample_cpu, stop_tagged,
+    TAG_VAR, cpu_ticks, node_busy_s, reaped_children_cpu_s, sample_cpu, stop_tagged,
 )  # fmt: skip
 from didact_core.testbed.progress import Interrupts, ProgressEvent
 from didact_core.testbed.scrapes import discover_node, wait_for_scrapes
@@ -89,7 +89,9 @@ class Segment:
     message: str = ""
     pgid: int = 0  #: the flavour's process group
     tag: str = ""  #: DIDACT_TESTBED_TAG of its processes
-    #: CPU seconds the flavour's processes used (user + system; sampled every second)
+    #: CPU seconds the flavour's processes used (user + system): the larger of its tagged processes
+    #: sampled every second and its process tree once reaped (short-lived children the sampling
+    #: misses; a process that left the tree, e.g. a daemonised MPI helper, only the sampling sees)
     cpu_s: float = 0.0
     #: CPU seconds the whole node was busy from the start until the stop (/proc/stat)
     node_busy_s: float = 0.0
@@ -359,7 +361,7 @@ def _run_segment(fl: Workload, i: int, rec: Recording, ctx: RunContext, guard: f
     deadline = time.monotonic() + seconds
     proc = None
     seg.cpus = ctx.cpus
-    busy0, ticks, svc0 = node_busy_s(), {}, cpu_ticks(rec.service_pids)
+    busy0, ticks, svc0, reaped0 = node_busy_s(), {}, cpu_ticks(rec.service_pids), reaped_children_cpu_s()
 
     def left_total(left: float) -> float:
         return max(0.0, left) + (total - i) * seconds
@@ -401,7 +403,7 @@ def _run_segment(fl: Workload, i: int, rec: Recording, ctx: RunContext, guard: f
                 seg.services_cpu_s = (cpu_ticks(rec.service_pids) - svc0) / os.sysconf("SC_CLK_TCK")
                 stop_tagged(proc, seg.tag)
                 active.remove((proc, seg.tag))
-            seg.cpu_s = sum(ticks.values()) / os.sysconf("SC_CLK_TCK")
+            seg.cpu_s = max(sum(ticks.values()) / os.sysconf("SC_CLK_TCK"), reaped_children_cpu_s() - reaped0)
             _finish_segment(seg, fl, proc, argv, log_path, guard)
     if seg.status == "ok":
         note = f"other load {100 * seg.other_load:.0f}% of the node's CPU"
