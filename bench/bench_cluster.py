@@ -1,6 +1,6 @@
 """Cluster-model benchmark: incidents, rack localisation, stragglers vs simulated truth; scoring time.
 
-    .venv/bin/python bench/bench_cluster.py                 # seeds 12 13 14 (judged once, untouched), 64 nodes, 8 racks
+    .venv/bin/python bench/bench_cluster.py                 # seeds 12 13 14 (judged once), 64 nodes, 8 racks
     .venv/bin/python bench/bench_cluster.py --seeds 0 4 5 11   # the development seeds (tuned on)
     .venv/bin/python bench/bench_cluster.py --explain       # every false / missed straggler call, and why
     .venv/bin/python bench/bench_cluster.py --source synthetic --seeds 1 2 3   # no simulator/detector

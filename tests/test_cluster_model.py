@@ -83,7 +83,8 @@ def test_faint_incidents_lift_their_scope_together(model, days):
     still move many nodes at once: the co-movement and level scores find them, the excess alone does not."""
     d = synthetic_day(seed=2, effect=0.3, **KW)
     t = days["train"]
-    excess_only = ClusterModel(ClusterConfig(co_weight=0.0, level_weight=0.0)).fit(t["scores"], t["topology"], t["job_members"])
+    excess_only = ClusterModel(ClusterConfig(co_weight=0.0, level_weight=0.0))
+    excess_only.fit(t["scores"], t["topology"], t["job_members"])
     r = evaluate(_score(model, d), d["cluster_incidents"])
     r0 = evaluate(_score(excess_only, d), d["cluster_incidents"])
     assert r["auc"] > 0.9 and r["auc"] > r0["auc"] + 0.03, (r["auc"], r0["auc"])
@@ -107,10 +108,12 @@ def _broad_day(seed: int, event: bool = False, racks: int = 4, per_rack: int = 8
         r2 = 2 * per_rack
         le[200:230, r2:r2 + 2] += np.log(8.0)
         le[200:230, r2 + 2:r2 + 4] -= np.log(8.0)
-        truth = pd.DataFrame({"kind": ["rack_network"], "start": [ts[200]], "end": [ts[230]], "racks": [["r2"]]})
+        truth = pd.DataFrame({"kind": ["rack_network"], "start": [ts[200]], "end": [ts[230]],
+                              "racks": [["r2"]]})
     n = steps * len(nodes)
-    scores = pd.DataFrame({"ts": np.repeat(ts, len(nodes)), "node": np.tile(nodes, steps), "error": np.exp(le).ravel(),
-                           "ood": False, "latent_0": rng.normal(0, 1, n), "latent_1": rng.normal(0, 1, n)})
+    scores = pd.DataFrame({"ts": np.repeat(ts, len(nodes)), "node": np.tile(nodes, steps),
+                           "error": np.exp(le).ravel(), "ood": False,
+                           "latent_0": rng.normal(0, 1, n), "latent_1": rng.normal(0, 1, n)})
     return scores, topo, truth
 
 
@@ -135,7 +138,8 @@ def test_one_wild_node_opens_no_rack_incident():
     leave out their highest node (and the level counts a node at most up to its normal range)."""
     train, topo, _ = _broad_day(1)
     day, _, _ = _broad_day(4)
-    day.loc[(day["node"] == "n017") & (day["ts"] >= day["ts"].iloc[0] + pd.Timedelta(minutes=100)), "error"] *= 1e4
+    late = day["ts"] >= day["ts"].iloc[0] + pd.Timedelta(minutes=100)
+    day.loc[(day["node"] == "n017") & late, "error"] *= 1e4
     model = ClusterModel().fit(train, topo)
     assert (model.score(day, topo).rack_scores["r2"] < model.threshold_).all()
     untrimmed = ClusterModel(ClusterConfig(trim_top=False, level_weight=0.0)).fit(train, topo)

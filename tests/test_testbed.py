@@ -222,6 +222,7 @@ def test_a_missing_tool_is_named_and_the_other_flavours_record(settings, tmp_pat
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.1: pass"
 
 
+@pytest.mark.slow  # a real node exporter and Prometheus
 def test_short_lived_children_count_as_the_flavours_cpu(settings, tmp_path, monkeypatch):
     """A flavour whose work is many short-lived processes (a compile's cc1, a shell loop): each
     child burns >= 0.1 CPU s and lives a fraction of the once-a-second sampling; the segment's
