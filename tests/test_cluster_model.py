@@ -20,8 +20,10 @@ from didact_core.cluster import (
     find_incidents,
     incident_events,
     rack_aggregate,
+    score_tensor,
     synthetic_day,
     to_tensor,
+    validate_jobs,
     validate_node_scores,
 )
 from didact_core.errors import DidactError, RegistryError
@@ -135,15 +137,57 @@ def test_a_rack_whose_mean_error_rises_is_found_though_no_node_stands_out():
 
 def test_one_wild_node_opens_no_rack_incident():
     """A node far off its normal (a straggler, a node fault) does not lift its rack: scope means
-    leave out their highest node (and the level counts a node at most up to its normal range)."""
+    leave out their highest node (and the level counts a node at most up to its normal range, and
+    leaves out the highest only when it is beyond it: in rack r2 of alike nodes, always leaving it
+    out lifted the rack's score by the bias of dropping its highest normal node instead)."""
     train, topo, _ = _broad_day(1)
-    day, _, _ = _broad_day(4)
+    quiet = _broad_day(4)[0]
+    day = quiet.copy()
     late = day["ts"] >= day["ts"].iloc[0] + pd.Timedelta(minutes=100)
     day.loc[(day["node"] == "n017") & late, "error"] *= 1e4
     model = ClusterModel().fit(train, topo)
     assert (model.score(day, topo).rack_scores["r2"] < model.threshold_).all()
+    for cfg, lift in ((ClusterConfig(), (0.0, 0.5)), (ClusterConfig(level_trim_beyond=False), (0.5, 9.0))):
+        m = ClusterModel(cfg).fit(train, topo)  # measured lifts: 0.22 and 0.87 units
+        assert lift[0] < m.score(day, topo).rack_scores["r2"].max() - m.score(quiet, topo).rack_scores["r2"].max() < lift[1]
     untrimmed = ClusterModel(ClusterConfig(trim_top=False, level_weight=0.0)).fit(train, topo)
     assert (untrimmed.score(day, topo).rack_scores["r2"] > untrimmed.threshold_).any()  # what the trim is for
+
+
+def test_two_nodes_changing_jobs_together_are_not_a_rack_event():
+    """The rack co-movement leaves out a quarter of its lowest and highest drifts (``co_trim``):
+    two nodes of eight whose errors rise together (a two-node job starting) lift the rack's
+    co-movement score well under one clean-day unit on average (the untrimmed mean: over two); five
+    of eight rising as much (a rack event) lift it as much as the untrimmed mean does."""
+    from didact_core.cluster.core import rack_members, trimmed_rack_means
+
+    # the trimmed mean itself: rack 0 of 8 without its 2 lowest and 2 highest, rack 1 of 3 without
+    # its highest (trim_top), rack 2 of 1 as is, rack 3 empty
+    members = rack_members(np.array([0] * 8 + [1] * 3 + [2]), 4)
+    x = np.array([9, 0, 1, 2, 3, 4, 5, -9, 1, 2, 30, 7], dtype=float)
+    np.testing.assert_allclose(trimmed_rack_means(x, members, 0.25, True), [2.5, 1.5, 7.0, np.nan])
+    x[[1, 2]] = np.nan  # unscored nodes: rack 0 keeps 6, trims 1 each side
+    np.testing.assert_allclose(trimmed_rack_means(x, members, 0.25, True)[0], 3.5)
+
+    train, topo, _ = _broad_day(1)
+    racks = RackMap.from_any(topo)
+    r2 = racks.racks.index("r2")
+
+    def co_r2(model, rising: int) -> np.ndarray:
+        day, _, _ = _broad_day(2)
+        rise = day["node"].isin([f"n{16 + i:03d}" for i in range(rising)]) & (day["ts"] >= day["ts"].iloc[0] + pd.Timedelta(minutes=200))
+        day.loc[rise, "error"] *= 30.0
+        tr = score_tensor(model.scorer(topo), to_tensor(day, racks), validate_jobs(None, racks))
+        return tr.co_racks[200:260, r2]  # clean-day units
+
+    trimmed, plain = ClusterModel().fit(train, topo), ClusterModel(ClusterConfig(co_trim=0.0)).fit(train, topo)
+    assert trimmed.config.co_trim == 0.25
+    two, two_plain = co_r2(trimmed, 2).mean(), co_r2(plain, 2).mean()  # measured 0.80 and 2.11
+    assert two < 1.0 < two_plain and two < 0.5 * two_plain
+    five, five_plain = co_r2(trimmed, 5), co_r2(plain, 5)  # mean 8.2 and 7.6
+    assert five.min() > 1.0 and five.mean() > 0.9 * five_plain.mean()
+    with pytest.raises(DidactError, match="co_trim"):
+        ClusterConfig(co_trim=0.5).validate()
 
 
 def test_stragglers_are_found(scored, days):
@@ -177,15 +221,16 @@ def test_save_load_round_trip(model, days, tmp_path):
     pd.testing.assert_frame_equal(a.timesteps, b.timesteps)
     pd.testing.assert_frame_equal(a.peers, b.peers)
     # a model saved before the level score and the trimmed means (no such keys) scores as it did
-    legacy = ClusterModel(ClusterConfig(level_weight=0.0, trim_top=False)).fit(
+    legacy = ClusterModel(ClusterConfig(level_weight=0.0, trim_top=False, co_trim=0.0, level_trim_beyond=False)).fit(
         days["train"]["scores"], days["train"]["topology"], days["train"]["job_members"])
     meta = legacy.to_dict()
     for k in [k for k in meta["calibration"] if k.startswith("level_")]:
         del meta["calibration"][k]
-    for k in ("level_weight", "trim_top"):
+    for k in ("level_weight", "trim_top", "co_trim", "level_trim_beyond"):
         del meta["config"][k]
     old = ClusterModel.from_dict(meta)
-    assert old.config.level_weight == 0.0 and old.config.trim_top is False
+    assert old.config.level_weight == 0.0 and old.config.trim_top is False and old.config.co_trim == 0.0
+    assert old.config.level_trim_beyond is False
     pd.testing.assert_frame_equal(_score(old, part).timesteps, _score(legacy, part).timesteps)
     (tmp_path / "m" / "config.json").write_text("{not json")
     with pytest.raises(RegistryError, match="cannot be read as JSON"):

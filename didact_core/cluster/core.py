@@ -17,13 +17,15 @@ change drifts it up or down, at its own time; an incident drifts many nodes up a
 scope mean of the signed drifts cancels the former and adds up the latter, so a faint
 incident that keeps every node under its own threshold still lifts its scope.  Per scope the
 score is the excess score plus (× ``co_weight``) the co-movement score, each in clean-day units.
+A rack's drift mean leaves out its lowest and highest ``co_trim`` share (two of eight nodes whose
+multi-node job starts at once drift together as a faint rack event does).
 
 Level (what the robust scores discard): the log of the scope's mean error, smoothed, in
 clean-day units (each rack against its own clean level).  The excess ignores rises below
 ``excess_z``, and the co-movement is in units of the broad cross-node spread of the log error; a
 faint incident that lifts a few nodes' errors tenfold while others' jobs end shows in neither but
 moves the scope's mean error.  Each node counts at most up to the top of the normal range and the
-scope's highest node not at all (so does the excess and co-movement mean with ``trim_top``): one
+scope's highest node not at all (``level_trim_beyond``: only when it is beyond that top) (so does the excess and co-movement mean with ``trim_top``): one
 wild node — a straggler, a node fault — is not an incident of its rack.  The scope score is the
 larger of the two (× ``level_weight``; 0 = off).  The incident score is the largest of the
 cluster's and every rack's score: a filesystem stall lifts the cluster, a rack event lifts its rack.
@@ -124,6 +126,8 @@ class StepParams:
     co_weight: float = 1.0
     level_weight: float = 1.0
     trim_top: bool = True
+    co_trim: float = 0.0
+    level_trim_beyond: bool = False
 
 
 def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibration, p: StepParams) -> np.ndarray:
@@ -203,6 +207,36 @@ def scope_means(x: np.ndarray, onehot: np.ndarray, trim_top: bool = False) -> tu
     with np.errstate(invalid="ignore", divide="ignore"):
         racks = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
     return cluster, racks
+
+
+def rack_members(rack_of: np.ndarray, n_racks: int) -> np.ndarray:
+    """(R, M) node indices of each rack, padded with -1 (M: the largest rack's size)."""
+    rack_of = np.asarray(rack_of)
+    sizes = np.bincount(rack_of, minlength=n_racks)
+    out = np.full((n_racks, int(sizes.max()) if len(sizes) else 0), -1, dtype=np.int64)
+    for r in range(n_racks):
+        idx = np.flatnonzero(rack_of == r)
+        out[r, : len(idx)] = idx
+    return out
+
+
+def trimmed_rack_means(x: np.ndarray, members: np.ndarray, frac: float, trim_top: bool = False) -> np.ndarray:
+    """Per rack, the mean of its known values without the ``floor(frac · n)`` lowest and highest
+    (and, with ``trim_top``, at least its highest where it has ≥ 3); NaN for a rack without a value.
+    ``members`` from :func:`rack_members`; ``frac`` < 0.5, so a rack with a value keeps one.
+
+    Two nodes of a rack of eight whose jobs change at once drift together for an hour and lift
+    the rack's plain mean as a faint rack event does; with ``frac`` 0.25 they are cut off, while
+    an event on half the rack or more still moves what is left."""
+    vals = np.where(members >= 0, x[np.maximum(members, 0)], np.nan)
+    vals = np.sort(vals, axis=1)  # NaN last
+    n = np.isfinite(vals).sum(axis=1)
+    lo = np.floor(frac * n).astype(np.int64)
+    hi = np.maximum(lo, (trim_top & (n >= 3)).astype(np.int64))
+    pos = np.arange(vals.shape[1])[None, :]
+    keep = (pos >= lo[:, None]) & (pos < (n - hi)[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(keep, vals, 0.0).sum(axis=1) / keep.sum(axis=1), np.nan)
 
 
 def ema(prev: np.ndarray | None, new: np.ndarray, alpha: float) -> np.ndarray:

@@ -100,11 +100,17 @@ class ClusterConfig:
     #: the excess and co-movement means of a scope leave out its highest node (one wild node —
     #: a straggler, a node fault — must not open an incident of its rack); the level always does
     trim_top: bool = True
+    #: a rack's co-movement mean leaves out this share of its lowest and of its highest drifts
+    #: (two nodes of eight changing jobs at once are not a rack event; 0 = only ``trim_top``)
+    co_trim: float = 0.25
+    #: the level leaves out a scope's highest node only when it is beyond the normal range (false:
+    #: always, which biases a clean scope low and lets one wild node lift it; models saved before)
+    level_trim_beyond: bool = True
 
     def params(self) -> StepParams:
         return StepParams(self.excess_z, self.excess_cap, self.alpha, self.min_peers, self.peer_alpha, self.peer_cap,
                           self.lat_beta, self.lat_weight, self.co_beta, self.co_cap, self.co_weight,
-                          self.level_weight, self.trim_top)  # fmt: skip
+                          self.level_weight, self.trim_top, self.co_trim, self.level_trim_beyond)  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,16 +128,16 @@ class ClusterConfig:
                if not 0 < getattr(self, k) <= 1]  # fmt: skip
         bad += [k for k in ("lat_weight", "co_weight", "level_weight") if getattr(self, k) < 0]
         bad += ["co_cap"] if self.co_cap <= 0 else []
+        bad += ["co_trim"] if not 0 <= self.co_trim < 0.5 else []
         bad += [k for k in ("unit_quantile", "threshold_quantile", "peer_quantile") if not 0.5 <= getattr(self, k) < 1]
         bad += [k for k in ("excess_cap", "unit_floor", "err_scale_floor", "margin", "peer_margin") if getattr(self, k) <= 0]
         if self.min_peers < 3:
             bad.append("min_peers")
-        if not isinstance(self.trim_top, bool):
-            bad.append("trim_top")
+        bad += [k for k in ("trim_top", "level_trim_beyond") if not isinstance(getattr(self, k), bool)]
         if bad:
             raise DidactError("cluster model config", f"has out-of-range values for {bad}",
                               "weights in (0, 1], quantiles in [0.5, 1), positive scales, min_peers >= 3, "
-                              "trim_top true or false")
+                              "co_trim in [0, 0.5), trim_top and level_trim_beyond true or false")
         return self
 
 
@@ -352,6 +358,10 @@ class ClusterModel:
                 config = replace(config, level_weight=0.0)
             if "trim_top" not in meta["config"]:  # saved before trimming: its units are of untrimmed means
                 config = replace(config, trim_top=False)
+            if "co_trim" not in meta["config"]:  # saved before the rack co-movement was trimmed
+                config = replace(config, co_trim=0.0)
+            if "level_trim_beyond" not in meta["config"]:  # its level units are of always-trimmed means
+                config = replace(config, level_trim_beyond=False)
             model = cls(config)
             model.calibration_ = Calibration.from_dict(meta["calibration"])
             model.n_fits_ = int(meta.get("training", {}).get("n_fits", 0))

@@ -24,7 +24,9 @@ from didact_core.cluster.core import (
     ema,
     node_excess,
     peer_step,
+    rack_members,
     scope_means,
+    trimmed_rack_means,
 )
 from didact_core.cluster.frames import (
     RackMap,
@@ -110,6 +112,7 @@ class ClusterScorer:
         self.onehot = np.zeros((len(racks.nodes), racks.n_racks))
         self.onehot[np.arange(len(racks.nodes)), racks.rack_of] = 1.0
         self._mask = self.onehot.astype(bool)
+        self._members = rack_members(racks.rack_of, racks.n_racks)
         self._level_q50, self._level_unit = calibration.level_rack_units(racks.racks)
         self.reset()
 
@@ -171,6 +174,8 @@ class ClusterScorer:
         cal, p = self.cal, self.params
         u, self._own = co_drift(np.log(np.maximum(error, 1e-12)), self._own, cal, p)
         c_raw, r_raw = scope_means(u, self.onehot, trim_top=p.trim_top)
+        if p.co_trim > 0:  # a rack's drifts without its lowest and highest co_trim share
+            r_raw = trimmed_rack_means(u, self._members, p.co_trim, p.trim_top)
         self._co_cluster = ema(self._co_cluster, np.array([c_raw]), p.alpha)
         self._co_racks = ema(self._co_racks, r_raw, p.alpha)
         return (float((self._co_cluster[0] - cal.co_cluster_q50) / cal.co_cluster_unit),
@@ -178,13 +183,22 @@ class ClusterScorer:
 
     def _level(self, error: np.ndarray) -> tuple[float, np.ndarray]:
         """Level scores (cluster, per rack): the log of the scope's mean error (each node's clipped at
-        the normal range's top, the highest node left out), smoothed, in clean-day units (each rack
+        the normal range's top, the highest node left out when beyond it), smoothed, in clean-day units (each rack
         against its own clean level)."""
         cal, p = self.cal, self.params
         # a node counts at most up to the top of the normal range (excess_z robust sd above the clean
-        # median), and the scope's highest node not at all: one node off its normal cannot lift its scope
+        # median), and the scope's highest node not at all: one node off its normal cannot lift its scope.
+        # With level_trim_beyond the highest is left out only when it is beyond that top: always leaving
+        # it out biases a clean scope's mean low (its highest normal node is gone), so a wild node — left
+        # out instead — would lift its scope by that bias (in a rack of alike nodes, most of a unit)
         top = np.exp(cal.err_median + p.excess_z * cal.err_scale)
-        c_raw, r_raw = scope_means(np.minimum(error, top), self.onehot, trim_top=True)
+        clipped = np.minimum(error, top)
+        c_raw, r_raw = scope_means(clipped, self.onehot, trim_top=True)
+        if p.level_trim_beyond:
+            c_all, r_all = scope_means(clipped, self.onehot, trim_top=False)
+            beyond = np.where(np.isfinite(error), error >= top, False).astype(np.float64)
+            r_raw = np.where(beyond @ self.onehot > 0, r_raw, r_all)
+            c_raw = c_raw if beyond.any() else c_all
         with np.errstate(invalid="ignore", divide="ignore"):
             c_log, r_log = np.log(np.maximum(np.array([c_raw]), 1e-12)), np.log(np.maximum(r_raw, 1e-12))
         self._level_cluster = ema(self._level_cluster, c_log, p.alpha)
