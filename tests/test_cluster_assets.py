@@ -116,3 +116,36 @@ def test_dagster_assets_materialise(trained_two):
     mats = {e.asset_key.to_user_string(): e.materialization.metadata for e in res.get_asset_materialization_events()}
     assert mats["cluster_model"]["model_version"].value == 3
     assert "jobs_source" in mats["cluster_model"] and "auc" in mats["cluster_evaluation"]
+
+
+def test_a_rebase_brings_new_defaults_to_a_deployment(trained_two):
+    """A champion trained with older scoring options is continued with them night after night;
+    materialising cluster_model with ``rebase`` trains a fresh model with this didact's config
+    (still gated against the champion, and said so in lineage and metadata)."""
+    from didact_assets.assets import cluster
+    from didact_assets.resources import DidactResource
+    from didact_core.cluster import ClusterConfig
+
+    s, _ = trained_two
+    reg = nightly.ClusterRegistry(s)
+    old_cfg = ClusterConfig(co_trim=0.0, level_trim_beyond=False)
+    old = nightly.train_cluster_day(s, DAYS[0], config=old_cfg, rebase=True)
+    assert old.fresh and "challenger" in old.gate.reason  # gated against the champion it replaces
+    reg.promote(old.version.version)
+    kept = nightly.train_cluster_day(s, DAYS[1])  # the nightly run: continued, old options kept
+    assert not kept.fresh and reg.load(kept.version.version).config.co_trim == 0.0
+    reg.promote(kept.version.version)
+    res = dg.materialize(
+        [cluster.cluster_model], partition_key=DAYS[-1],
+        run_config={"ops": {"cluster_model": {"config": {"rebase": True}}}},
+        resources={"didact": DidactResource(home=s.home, nodes=6, cpus=2, interval_s=60.0, seed=3, workers=1,
+                                            sim_nodes_per_rack=3, sim_multinode_share=0.5)},
+    )  # fmt: skip
+    assert res.success
+    meta = res.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["started"].value == "fresh" and meta["parent_version"].value == kept.version.version
+    assert "challenger" in meta["gate"].value
+    rebased = reg.load(meta["model_version"].value)
+    assert rebased.config == ClusterConfig() and rebased.n_fits_ == 1 and not rebased.fits_[-1]["warm_start"]
+    lin = Warehouse(s.home_path).lineage(nightly.CLUSTER_ASSET, event="register")
+    assert lin["reason"].iloc[-1].startswith("rebased: a fresh model") and "continued" in lin["reason"].iloc[-2]

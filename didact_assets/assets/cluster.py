@@ -5,6 +5,7 @@ The logic is :mod:`didact_core.cluster.nightly`; here only the Dagster wiring an
 """
 
 import dagster as dg
+from pydantic import Field
 
 from ..partitions import daily_partitions
 from ..ops import RollbackConfig
@@ -20,6 +21,17 @@ CLUSTER_CODE_VERSION = "cluster-1"
 
 #: day D continues from the cluster champion that day D-1 left
 _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+
+class ClusterModelConfig(dg.Config):
+    """Launchpad config of ``cluster_model`` (the nightly run needs none)."""
+
+    rebase: bool = Field(
+        default=False,
+        description="Train a fresh cluster model with this didact's defaults instead of continuing the champion "
+        "(a continued model keeps the config it was first trained with, so new scoring options reach an existing "
+        "deployment only this way); gated against the champion as usual.",
+    )
 
 
 @dg.asset(
@@ -43,12 +55,14 @@ _previous_day = dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
     "on the node champion's scores of the day, registered in MLflow as <model>-cluster and gated; the day's "
     "incidents join the review queue.",
 )
-def cluster_model(context: dg.AssetExecutionContext, didact: DidactResource) -> dg.MaterializeResult:
+def cluster_model(context: dg.AssetExecutionContext, config: ClusterModelConfig,
+                  didact: DidactResource) -> dg.MaterializeResult:  # fmt: skip
     # lazy: scoring the day loads the node detector with torch (2 s); every step process loads these definitions
     from didact_core.cluster import nightly
 
     settings = didact.settings()
-    out = nightly.train_cluster_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id)
+    out = nightly.train_cluster_day(settings, day_of(context, settings).isoformat(), run_id=context.run_id,
+                                    rebase=config.rebase)  # fmt: skip
     gate = dg.AssetCheckResult(
         check_name=CLUSTER_GATE, passed=out.gate.passed, severity=dg.AssetCheckSeverity.ERROR,
         description=out.gate.reason, metadata={"gate": dg.MetadataValue.json(ui_metadata(out.gate.metadata()))},
@@ -57,6 +71,7 @@ def cluster_model(context: dg.AssetExecutionContext, didact: DidactResource) -> 
         "model_version": out.version.version,
         "parent_version": out.parent_version if out.parent_version is not None else "none",
         "champion_version": out.champion_version, "promoted": out.promoted, "gate": out.gate.reason,
+        "started": "fresh" if out.fresh else "continued",
         "mlflow_run_id": out.mlflow_run_id, "node_model_version": out.node_model_version,
         "train_steps": out.train_steps, "holdout_steps": out.holdout_steps, "nodes": out.nodes, "racks": out.racks,
         "job_members": out.job_members, "jobs_source": out.jobs_source, "threshold": out.threshold,

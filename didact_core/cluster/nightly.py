@@ -10,7 +10,8 @@ For day D, :func:`train_cluster_day`
 2. splits D's intervals by time: every fourth hour (03, 07, 11, 15, 19, 23 UTC) is held out;
 3. continues the cluster model's own ``champion`` on the other intervals (warm start; the
    intervals the champion itself scores as an incident are left out, so an incident does not
-   become "normal"), or fits a fresh one when there is none;
+   become "normal"), or fits a fresh one when there is none — or when asked to ``rebase`` (a
+   continued model keeps the config it was first trained with; a rebase brings this didact's);
 4. registers the challenger in MLflow under ``<model_name>-cluster`` (a version holding the
    model's ``config.json``; aliases challenger / champion / previous_champion as the node
    model's) and applies the gate below; lineage rows under the asset ``cluster_model``.
@@ -219,6 +220,8 @@ class ClusterOutcome:
     incidents: pd.DataFrame = field(default_factory=pd.DataFrame)
     events_added: int = 0
     mlflow_run_id: str = ""
+    #: trained fresh (no champion, or a rebase) rather than continued from the champion
+    fresh: bool = True
 
 
 def _subset(inp: DayInputs, mask: np.ndarray) -> DayInputs:
@@ -227,8 +230,14 @@ def _subset(inp: DayInputs, mask: np.ndarray) -> DayInputs:
 
 
 def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
-                      config: ClusterConfig | None = None) -> ClusterOutcome:  # fmt: skip
-    """Train day ``day``'s cluster challenger from the cluster champion, register, gate (module doc)."""
+                      config: ClusterConfig | None = None, rebase: bool = False) -> ClusterOutcome:  # fmt: skip
+    """Train day ``day``'s cluster challenger from the cluster champion, register, gate (module doc).
+
+    ``config``: the challenger's config when it starts fresh (no champion, or ``rebase``; default:
+    this didact's ``ClusterConfig()``).  ``rebase``: start fresh even though a champion exists — a
+    continued model keeps the config it was first trained with, so new scoring options (new
+    defaults) reach an existing deployment only this way.  The day's incidents under the champion
+    are still left out of training, and the fresh challenger is gated against the champion as usual."""
     import mlflow  # lazy: mlflow takes seconds to import
 
     t0 = time.perf_counter()
@@ -239,20 +248,19 @@ def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
     champion = registry.load(parent) if parent is not None else None
     held = holdout_mask(inp.scores["ts"])
     train, test = _subset(inp, ~held), _subset(inp, held)
-    if champion is not None:  # warm start: leave out what the champion calls an incident
-        challenger = ClusterModel.from_dict(champion.to_dict())
+    if champion is not None:  # leave out what the champion calls an incident
         own = champion.score(train.scores, train.topology, train.jobs).timesteps
         busy = set(pd.to_datetime(own["ts"][own["incident_score"] >= champion.calibration_.low_threshold], utc=True))
         keep = ~pd.to_datetime(train.scores["ts"], utc=True).isin(busy).to_numpy()
         train = _subset(train, keep) if keep.sum() >= 10 else train
-    else:
-        challenger = ClusterModel(config or ClusterConfig())
+    warm = champion is not None and not rebase
+    challenger = ClusterModel.from_dict(champion.to_dict()) if warm else ClusterModel(config or ClusterConfig())
     tags = {"didact.day": day, "didact.kind": "train_cluster", "didact.dagster_run_id": run_id or "",
-            "didact.parent_version": str(parent or "")}  # fmt: skip
+            "didact.parent_version": str(parent or ""), "didact.rebase": str(bool(rebase)).lower()}  # fmt: skip
     with registry.run(f"train cluster {day}", tags=tags) as run:
         challenger.fit(train.scores, train.topology, train.jobs, day=day)
         gate = cluster_gate(challenger, champion, test)
-        mlflow.log_params({"day": day, "parent_version": parent or "none", "warm_start": champion is not None,
+        mlflow.log_params({"day": day, "parent_version": parent or "none", "warm_start": warm, "rebase": bool(rebase),
                            "node_model_version": inp.node_version, "jobs_source": inp.jobs_source,
                            **{f"model.{k}": v for k, v in challenger.config.to_dict().items()}})  # fmt: skip
         mlflow.log_metrics({"threshold": challenger.threshold_, "peer_threshold": challenger.calibration_.peer_threshold,
@@ -263,8 +271,10 @@ def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
         mlflow_run_id = run.info.run_id
     upstream = {f"{AI_READY}/{day}": inp.data_version, "parent_model_version": parent,
                 "node_model_version": inp.node_version}  # fmt: skip
+    started = "continued from the champion" if warm else ("rebased: a fresh model with this didact's config"
+                                                          if champion is not None else "a fresh model")
     wh.record("register", CLUSTER_ASSET, partition=day, version=f"m{mv.version}", model_version=str(mv.version),
-              upstream=upstream, run_id=run_id, mlflow_run_id=mlflow_run_id, reason=gate.reason)  # fmt: skip
+              upstream=upstream, run_id=run_id, mlflow_run_id=mlflow_run_id, reason=f"{started}; {gate.reason}")  # fmt: skip
     if gate.passed:
         old = registry.promote(mv.version)
         wh.record("promote", CLUSTER_ASSET, partition=day, version=f"m{mv.version}", model_version=str(mv.version),
@@ -280,6 +290,7 @@ def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
         job_members=0 if inp.jobs is None else len(inp.jobs), jobs_source=inp.jobs_source,
         threshold=challenger.threshold_, peer_threshold=challenger.calibration_.peer_threshold,
         seconds=time.perf_counter() - t0, incidents=incidents, events_added=added, mlflow_run_id=mlflow_run_id,
+        fresh=not warm,
     )  # fmt: skip
 
 
