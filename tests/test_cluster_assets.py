@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from didact_core.cluster import nightly
@@ -149,3 +150,29 @@ def test_a_rebase_brings_new_defaults_to_a_deployment(trained_two):
     assert rebased.config == ClusterConfig() and rebased.n_fits_ == 1 and not rebased.fits_[-1]["warm_start"]
     lin = Warehouse(s.home_path).lineage(nightly.CLUSTER_ASSET, event="register")
     assert lin["reason"].iloc[-1].startswith("rebased: a fresh model") and "continued" in lin["reason"].iloc[-2]
+
+
+def test_job_peers_come_from_job_labels_that_name_jobs(trained_two, tmp_path):
+    """Where the day's job labels name jobs (sacct's JobID, a CSV job_id column), the cluster
+    model's job peers are those jobs' nodes; labels without job ids leave the simulator's."""
+    s, _ = trained_two
+    day = DAYS[-1]
+    sacct = tmp_path / "sacct.txt"
+    sacct.write_text("JobID|JobName|NodeList|Start|End|State\n"
+                     f"501|mpi_3|node[0000-0002]|{day}T02:00:00|{day}T08:00:00|COMPLETED\n"
+                     f"502|serial|node0003|{day}T02:00:00|{day}T05:00:00|COMPLETED\n")  # fmt: skip
+    slurm = s.replace(labels_csv=str(sacct))
+    pipeline.build_job_labels(slurm, dt.date.fromisoformat(day))
+    inp = nightly.day_inputs(slurm, day)
+    assert inp.jobs_source == "job labels (1 multi-node jobs)"  # the serial job has no peers
+    assert sorted(inp.jobs["node"]) == ["node0000", "node0001", "node0002"] and set(inp.jobs["job_id"]) == {"501"}
+    reg = nightly.ClusterRegistry(s)
+    peers = reg.load(reg.alias(CHAMPION)).score(inp.scores, inp.topology, inp.jobs).peers
+    assert set(peers["job_id"]) == {"501"} and set(peers["node"]) == {"node0000", "node0001", "node0002"}
+    hours = pd.to_datetime(peers["ts"], utc=True).dt.hour
+    assert hours.min() >= 2 and hours.max() <= 8  # only while the job ran
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"node,start,end,label\nnode0000,{day}T02:00:00Z,{day}T03:00:00Z,x\n")
+    pipeline.build_job_labels(s.replace(labels_csv=str(csv)), dt.date.fromisoformat(day))
+    assert nightly.day_inputs(s, day).jobs_source == "simulator"
+    pipeline.build_job_labels(s, dt.date.fromisoformat(day))  # the simulator's labels again

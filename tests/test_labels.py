@@ -60,6 +60,17 @@ node0001,2026-01-01T06:00:00Z,2026-01-01T07:00:00Z,
     assert len(ok) == 2
 
 
+def test_csv_job_ids_are_kept():
+    """An optional job_id column says which rows are one multi-node job (an empty one is none)."""
+    text = "node,start,end,label,job_id\n" \
+           "node0000,2026-01-01T00:00:00Z,2026-01-01T01:00:00Z,mpi_16,77\n" \
+           "node0001,2026-01-01T00:00:00Z,2026-01-01T01:00:00Z,mpi_16, 77\n" \
+           "node0001,2026-01-01T01:00:00Z,2026-01-01T02:00:00Z,idle,\n"
+    df = read_labels_csv(text, known_nodes=["node0000", "node0001"])
+    assert list(df.columns) == [*LABEL_COLUMNS, "line", "job_id"]
+    assert df["job_id"].tolist()[:2] == ["77", "77"] and pd.isna(df["job_id"].iloc[2])
+
+
 def test_csv_needs_the_columns(tmp_path):
     with pytest.raises(DidactError, match=r"header lacks column\(s\) \['label'\]"):
         read_labels_csv("node,start,end\nn1,1,2\n")
@@ -83,6 +94,9 @@ def test_sacct_export():
     assert df["label"].tolist() == ["mpi_16", "mpi_16", "reco_8t", "fit_mcmc"]
     assert df["line"].tolist() == [2, 2, 3, 4]
     assert df.attrs["skipped"] == 2  # never started / still running
+    assert df["job_id"].tolist() == ["1001", "1001", "1002", "1003"]  # JobID: node0001-2 ran one job
+    without_ids = "\n".join(ln.split("|", 1)[1] for ln in SACCT.splitlines())  # no JobID column
+    assert "job_id" not in read_sacct(without_ids).columns
     zurich = read_sacct(SACCT, tz="Europe/Zurich")
     assert zurich["start"].iloc[0] == pd.Timestamp("2025-12-31T23:00:00Z")
 

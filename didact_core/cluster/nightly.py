@@ -5,8 +5,9 @@ For day D, :func:`train_cluster_day`
 1. scores every (interval, node) of D's AI-ready samples with the node detector's champion
    (:func:`~didact_core.cluster.node_scores.score_day`), places the nodes in racks
    (``DIDACT_TOPOLOGY``; a node it does not place goes to rack ``unplaced``, with a warning) and
-   takes the multi-node jobs' membership (the simulator's truth frames; other sources have
-   none yet: no peer scores);
+   takes the multi-node jobs' membership (from the day's job labels where they name jobs — a
+   ``job_id`` column, sacct's ``JobID`` — else the simulator's truth frames; else none: no
+   peer scores);
 2. splits D's intervals by time: every fourth hour (03, 07, 11, 15, 19, 23 UTC) is held out;
 3. continues the cluster model's own ``champion`` on the other intervals (warm start; the
    intervals the champion itself scores as an incident are left out, so an incident does not
@@ -45,11 +46,13 @@ from didact_core.cluster.node_scores import score_day
 from didact_core.config import Settings
 from didact_core.data.parts import read_part
 from didact_core.data.review import ReviewQueue
-from didact_core.data.spine import AI_READY
+from didact_core.data.labels import JOB_ID
+from didact_core.data.spine import AI_READY, LABELS
 from didact_core.data.warehouse import Warehouse
 from didact_core.errors import DataQualityError, RegistryError
 from didact_core.ingest.simulator import cluster_truth
 from didact_core.ingest.topology import topology_for
+from didact_core.schema import EXCLUDE
 from didact_core.learn.champion import rollback_champion
 from didact_core.learn.registry import CHALLENGER, CHAMPION, ModelRegistry, ModelVersionInfo
 
@@ -144,12 +147,35 @@ def day_inputs(settings: Settings, day: str, wh: Warehouse | None = None) -> Day
         raise DataQualityError(f"{AI_READY}/{day}", "has no samples", "check the day's raw data")
     scores = pd.concat(scored, ignore_index=True).sort_values(["ts", "node"], ignore_index=True)
     topology = topology_for(settings, sorted(scores["node"].astype(str).unique()), strict=False)
-    jobs, source = None, "none (this source has no job membership yet)"
-    if settings.source == "simulator":
-        jobs = cluster_truth(settings, dt.date.fromisoformat(day))["job_members"]
-        jobs = jobs[jobs["node"].astype(str).isin(set(topology.nodes))] if len(jobs) else None
-        source = "simulator"
+    jobs, source = label_jobs(wh, day)
+    if jobs is None and settings.source == "simulator":
+        jobs, source = cluster_truth(settings, dt.date.fromisoformat(day))["job_members"], "simulator"
+    if jobs is not None:
+        jobs = jobs[jobs["node"].astype(str).isin(set(topology.nodes))]
+        jobs = jobs if len(jobs) else None
     return DayInputs(scores, topology, jobs, int(node_version), info.ref, source)
+
+
+def label_jobs(wh: Warehouse, day: str) -> tuple[pd.DataFrame | None, str]:
+    """(multi-node job membership ``job_id, node, start, end`` from the day's stored job labels,
+    where they name jobs — a ``job_id`` column, sacct's ``JobID`` — and a line saying where it came
+    from).  A job on one node has no peers and is left out."""
+    none = "none (the job labels name no jobs: export sacct with JobID, or add a job_id column to the CSV)"
+    info = wh.head(LABELS, day)
+    if info is None:
+        return None, "none (no job labels stored for the day)"
+    labels = wh.read(LABELS, day, "labels", info.version)
+    if JOB_ID not in labels.columns:
+        return None, none
+    rows = labels[labels[JOB_ID].notna() & (labels["label"].astype(str) != EXCLUDE)]
+    nodes = rows.groupby(JOB_ID)["node"].transform("nunique")
+    rows = rows[nodes >= 2]
+    if rows.empty:
+        return None, "none (no job in the day's job labels ran on more than one node)"
+    jobs = pd.DataFrame({"job_id": rows[JOB_ID].astype(str), "node": rows["node"].astype(str),
+                         "start": rows["start"], "end": rows["end"]}).reset_index(drop=True)  # fmt: skip
+    return jobs, f"job labels ({jobs['job_id'].nunique()} multi-node jobs)"
+
 
 
 def holdout_mask(ts: pd.Series) -> np.ndarray:

@@ -28,6 +28,8 @@ Accepted inputs
   workload: its samples are dropped from ``ai_ready_metrics`` and counted as
   ``excluded_samples`` in the cleaning report, so neither training nor evaluation sees
   them.  ``exclude`` intervals may overlap job labels (that is their use);
+* an optional ``job_id`` column names the job a row belongs to: rows of one job on several
+  nodes are a multi-node job, whose nodes the cluster model compares with each other (job peers);
 * overlapping job labels on one node are an error unless ``allow_overlap=True``
   (``DIDACT_LABELS_ALLOW_OVERLAP=1`` for the nightly job; then the label that started last
   holds a sample).
@@ -39,7 +41,7 @@ Accepted inputs
 
 i.e. ``|``-separated with a header; the columns used are ``NodeList``, ``Start``, ``End``
 and the label column (``JobName`` by default; ``label_column="Partition"`` or any other
-works).  ``NodeList`` is Slurm's compressed host list (``node[001-004,010],gpu01``) and is
+works), and ``JobID`` when present (as ``job_id``).  ``NodeList`` is Slurm's compressed host list (``node[001-004,010],gpu01``) and is
 expanded to one row per node.  Jobs that never ran or still run (``Start``/``End`` =
 ``Unknown``/``None``, ``NodeList`` = ``None assigned``) are skipped and counted in
 ``df.attrs["skipped"]``.  Slurm prints local time without a zone: pass ``tz`` (e.g.
@@ -70,6 +72,8 @@ from didact_core.schema import EXCLUDE, LABEL_COLUMNS, TS_DTYPE
 
 #: Slurm words meaning "no time yet"
 SLURM_NO_TIME = {"unknown", "none", "", "n/a"}
+#: optional column naming the job a row belongs to (CSV ``job_id``, sacct ``JobID``)
+JOB_ID = "job_id"
 MAX_LISTED = 20
 #: known nodes named in the "unknown node" message at most
 MAX_KNOWN_SHOWN = 10
@@ -235,6 +239,10 @@ def validate_labels(
     out = df.sort_values(["node", "start"], kind="stable").reset_index(drop=True)
     out["node"] = out["node"].astype(str).str.strip().astype("string")
     out["label"] = out["label"].astype(str).str.strip().astype("string")
+    if JOB_ID in out.columns:  # which rows are one (multi-node) job: the cluster model's job peers
+        jid = out[JOB_ID].astype("string").str.strip()
+        out[JOB_ID] = jid.mask(jid == "")
+        return out[[*LABEL_COLUMNS, "line", JOB_ID]]
     return out[[*LABEL_COLUMNS, "line"]]
 
 
@@ -349,9 +357,12 @@ def read_sacct(
             problems.append(f"line {line_no}: {e}")
             continue
         label = cells[lower[label_column.lower()]].strip()
-        rows += [(n, start, end, label or None, line_no) for n in nodes]
+        job = cells[lower["jobid"]].strip() if "jobid" in lower else None
+        rows += [(n, start, end, label or None, line_no, job) for n in nodes]
     _fail(what, problems, "re-export with sacct --parsable2 (| separated, one job a line)")
-    df = pd.DataFrame(rows, columns=["node", "start", "end", "label", "line"])
+    df = pd.DataFrame(rows, columns=["node", "start", "end", "label", "line", JOB_ID])
+    if "jobid" not in lower:
+        df = df.drop(columns=JOB_ID)
     out = _finish(df, what, known_nodes, tz, allow_overlap)
     out.attrs["skipped"] = skipped
     return out
@@ -411,7 +422,7 @@ def labels_from_frame(
     what: str = "job labels",
 ) -> pd.DataFrame:
     """Validate an in-memory labels frame (e.g. the simulator's ``RawBlock.labels``)."""
-    d = df[list(LABEL_COLUMNS)].copy()
+    d = df[[*LABEL_COLUMNS, *([JOB_ID] if JOB_ID in df.columns else [])]].copy()
     d["line"] = np.arange(len(d), dtype=np.int64) + 1
     d["start_raw"], d["end_raw"] = d["start"].astype(str), d["end"].astype(str)
     d["start"] = pd.to_datetime(d["start"], utc=True, errors="coerce").astype(TS_DTYPE)
