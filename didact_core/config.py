@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("simulator", "prometheus")
 #: where a partition's node blocks run (didact_core.engine.EXECUTORS)
 EXECUTORS = ("local", "slurm")
+LIVE_JOBS = ("auto", "slurm", "none")
 #: how the Prometheus source reads a day (``auto`` tries remote read, then the query API)
 PROMETHEUS_APIS = ("auto", "remote_read", "query")
 #: the fields that hold secrets (SecretStr; never shown, never in DidactResource)
@@ -219,6 +220,8 @@ class Settings(BaseModel):
     sim_rack_events_per_day: float = _doc(2.0, "simulated rack network/power events per day")
     sim_sched_storms_per_day: float = _doc(1.0, "simulated scheduler storms per day (system time bursts)")
     sim_straggler_rate: float = _doc(0.2, "share of simulated multi-node jobs (3+ nodes) with one straggler")
+    live_jobs: str = _doc("auto", "running jobs for didact serve's job-peer scores: auto (the simulated "
+                                  "feed's, or the feed's own), slurm (squeue, once a minute) or none")
     # preprocessing
     features: CommaList = ("idle", "iowait", "system", "user", "other")
     window: int = _doc(1, "temporal context: the model sees each feature at this many consecutive timesteps")
@@ -389,7 +392,7 @@ class Settings(BaseModel):
 
         for name, allowed, noun in (
             ("source", SOURCES, "telemetry source"), ("prometheus_api", PROMETHEUS_APIS, "API"),
-            ("executor", EXECUTORS, "executor"),
+            ("executor", EXECUTORS, "executor"), ("live_jobs", LIVE_JOBS, "live job source"),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 bad(name, f"is not a known {noun}", f"one of {', '.join(allowed)}", f"{name} {getattr(self, name)!r}")

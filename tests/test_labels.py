@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from didact_core.errors import DidactError
-from didact_core.data.labels import expand_hostlist, join_labels, labels_from_frame, read_labels_csv, read_sacct
+from didact_core.data.hostlist import expand_hostlist
+from didact_core.data.labels import join_labels, labels_from_frame, read_labels_csv, read_sacct
 from didact_core.schema import LABEL_COLUMNS
 
 GOOD_CSV = """\

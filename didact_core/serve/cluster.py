@@ -9,8 +9,10 @@ serving's per-node frame (a few ms for 1,000 nodes: bench/README_cluster.md) wit
 
 * the topology: ``DIDACT_TOPOLOGY``, or the simulated feed's own racks (a node the topology
   does not place goes to rack ``unplaced``);
-* the running multi-node jobs: the simulated feed's job membership of the day (its
-  ``cluster_truth``), or a feed's ``jobs()`` frame (job_id, node[, start, end]) when it has one.
+* the running multi-node jobs (``DIDACT_LIVE_JOBS``): ``auto`` — the simulated feed's job
+  membership of the day (its ``cluster_truth``), or a feed's ``jobs()`` frame (job_id, node[,
+  start, end]) when it has one; ``slurm`` — ``squeue``'s running jobs
+  (:mod:`didact_core.serve.slurm_jobs`); ``none``.
 
 Exported (a collector renders the last interval's view at refresh time, so no stale labels)::
 
@@ -55,6 +57,7 @@ from didact_core.errors import DidactError
 from didact_core.ingest.topology import topology_for
 from didact_core.learn.registry import CHAMPION
 from didact_core.serve.scoring import IntervalScores
+from didact_core.serve.slurm_jobs import SlurmJobs
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class LiveCluster:
         self._scorer: ClusterScorer | None = None
         self._scorer_nodes: frozenset | None = None
         self._jobs: tuple[dt.date, pd.DataFrame | None] | None = None
+        self._slurm_jobs = None  # DIDACT_LIVE_JOBS=slurm: squeue, asked once a minute
         self._next_check = 0.0
         self._reg: ClusterRegistry | None = None
         self._lock = threading.Lock()
@@ -129,6 +133,12 @@ class LiveCluster:
         return topology_for(self.settings, nodes, strict=False)
 
     def _running_jobs(self, ts: pd.Timestamp) -> pd.DataFrame | None:
+        if self.settings.live_jobs == "none":
+            return None
+        if self.settings.live_jobs == "slurm":
+            if self._slurm_jobs is None:
+                self._slurm_jobs = SlurmJobs(self.settings.slurm_conf, self.settings.slurm_command_timeout_s)
+            return self._slurm_jobs()
         sim = getattr(self.feed, "cluster", None)
         if sim is not None and hasattr(sim, "cluster_truth"):
             day = ts.date()
