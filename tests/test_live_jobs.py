@@ -50,8 +50,12 @@ def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path):
             time.sleep(0.5)
         settings = Settings(home=str(tmp_path / "home"), live_jobs="slurm", slurm_conf=str(slurm_cluster.conf))
         live = LiveCluster(settings, feed=None)
-        got = live._running_jobs(pd.Timestamp.now(tz="UTC"))
+        now = pd.Timestamp.now(tz="UTC")
+        live._scorer_nodes = frozenset({slurm_cluster.node, "n2"})  # the nodes the champion scores (set in score())
+        got = live._running_jobs(now)
         assert [job, slurm_cluster.node] in got.values.tolist()
-        assert live._running_jobs(pd.Timestamp.now(tz="UTC")) is got  # asked at most once a minute
+        assert live._running_jobs(now) is got  # asked at most once a minute, the same frame
+        live._scorer_nodes = frozenset({"n2"})  # Slurm's node is not among the scored ones: left out, no error
+        assert live._running_jobs(now).empty and live._slurm_warned
     finally:
         subprocess.run(["scancel", job], env=slurm_cluster.env, check=False)

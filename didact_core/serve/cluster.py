@@ -82,6 +82,8 @@ class LiveCluster:
         self._scorer_nodes: frozenset | None = None
         self._jobs: tuple[dt.date, pd.DataFrame | None] | None = None
         self._slurm_jobs = None  # DIDACT_LIVE_JOBS=slurm: squeue, asked once a minute
+        self._slurm_seen: tuple | None = None
+        self._slurm_warned = False
         self._next_check = 0.0
         self._reg: ClusterRegistry | None = None
         self._lock = threading.Lock()
@@ -138,7 +140,7 @@ class LiveCluster:
         if self.settings.live_jobs == "slurm":
             if self._slurm_jobs is None:
                 self._slurm_jobs = SlurmJobs(self.settings.slurm_conf, self.settings.slurm_command_timeout_s)
-            return self._slurm_jobs()
+            return self._scored_only(self._slurm_jobs())
         sim = getattr(self.feed, "cluster", None)
         if sim is not None and hasattr(sim, "cluster_truth"):
             day = ts.date()
@@ -148,6 +150,22 @@ class LiveCluster:
             return self._jobs[1]
         jobs = getattr(self.feed, "jobs", None)
         return jobs() if callable(jobs) else None
+
+    def _scored_only(self, jobs: pd.DataFrame | None) -> pd.DataFrame | None:
+        """Slurm's running jobs on the nodes being scored: a node the telemetry does not name (not
+        monitored, or named otherwise) is left out — said once — instead of failing the interval."""
+        if jobs is None:
+            return None
+        seen = self._slurm_seen
+        if seen is not None and seen[0] is jobs and seen[1] == self._scorer_nodes:
+            return seen[2]  # the same answer: the scorer validates a frame it saw once only
+        known = jobs["node"].isin(self._scorer_nodes or frozenset())
+        if not known.all() and not self._slurm_warned:
+            self._slurm_warned = True
+            log.warning("running jobs from Slurm: %d node(s) not scored here, e.g. %s (left out; with Prometheus, "
+                        "DIDACT_PROMETHEUS_NODE_LABEL picks the node names)", (~known).sum(), jobs["node"][~known].iloc[0])
+        self._slurm_seen = (jobs, self._scorer_nodes, jobs[known].reset_index(drop=True))
+        return self._slurm_seen[2]
 
     def score(self, scores: IntervalScores) -> pd.DataFrame:
         """Score the interval; returns the review-queue events it opened (usually none)."""
