@@ -1,6 +1,6 @@
 """Cluster-model benchmark: incidents, rack localisation, stragglers vs simulated truth; scoring time.
 
-    .venv/bin/python bench/bench_cluster.py                 # seeds 15-26 (judged once each), 64 nodes, 8 racks
+    .venv/bin/python bench/bench_cluster.py                 # seeds 15-26 (each judged once), 8 racks of 8
     .venv/bin/python bench/bench_cluster.py --seeds 0 4 5 11   # the development seeds (tuned on)
     .venv/bin/python bench/bench_cluster.py --explain       # every false / missed straggler call, and why
     .venv/bin/python bench/bench_cluster.py --source synthetic --seeds 1 2 3   # no simulator/detector
@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", choices=["sim", "synthetic"], default="sim")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(15, 27)),
-                    help="simulator seeds (default: the 12 judged once in session 6; 0-14 were tuned on or looked "
-                         "at; 27 and up are untouched)")
+                    help="simulator seeds (default: the 12 judged once in session 6; 0-14 were tuned on "
+                         "or looked at; 27 and up are untouched)")
     ap.add_argument("--nodes", type=int, default=64)
     ap.add_argument("--per-rack", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=4)

@@ -149,7 +149,8 @@ def test_a_rebase_brings_new_defaults_to_a_deployment(trained_two):
     rebased = reg.load(meta["model_version"].value)
     assert rebased.config == ClusterConfig() and rebased.n_fits_ == 1 and not rebased.fits_[-1]["warm_start"]
     lin = Warehouse(s.home_path).lineage(nightly.CLUSTER_ASSET, event="register")
-    assert lin["reason"].iloc[-1].startswith("rebased: a fresh model") and "continued" in lin["reason"].iloc[-2]
+    assert lin["reason"].iloc[-1].startswith("rebased: a fresh model")
+    assert "continued" in lin["reason"].iloc[-2]
 
 
 def test_job_peers_come_from_job_labels_that_name_jobs(trained_two, tmp_path):
@@ -165,7 +166,8 @@ def test_job_peers_come_from_job_labels_that_name_jobs(trained_two, tmp_path):
     pipeline.build_job_labels(slurm, dt.date.fromisoformat(day))
     inp = nightly.day_inputs(slurm, day)
     assert inp.jobs_source == "job labels (1 multi-node jobs)"  # the serial job has no peers
-    assert sorted(inp.jobs["node"]) == ["node0000", "node0001", "node0002"] and set(inp.jobs["job_id"]) == {"501"}
+    assert sorted(inp.jobs["node"]) == ["node0000", "node0001", "node0002"]
+    assert set(inp.jobs["job_id"]) == {"501"}
     reg = nightly.ClusterRegistry(s)
     peers = reg.load(reg.alias(CHAMPION)).score(inp.scores, inp.topology, inp.jobs).peers
     assert set(peers["job_id"]) == {"501"} and set(peers["node"]) == {"node0000", "node0001", "node0002"}

@@ -18,7 +18,8 @@ from didact_core.serve.cluster import LiveCluster
 def test_squeue_output_is_parsed():
     text = "1201|node[01-03]\n1202_4|gpu7\n\n1203|\n"  # an MPI job, an array task, one between nodes
     df = parse_squeue(text)
-    assert df.values.tolist() == [["1201", "node01"], ["1201", "node02"], ["1201", "node03"], ["1202_4", "gpu7"]]
+    assert df.values.tolist() == [["1201", "node01"], ["1201", "node02"], ["1201", "node03"],
+                                  ["1202_4", "gpu7"]]
     assert parse_squeue("").empty
     with pytest.raises(DidactError, match=r"line 2 'garbage': not JOBID\|NODELIST"):
         parse_squeue("7|n1\ngarbage\n")
@@ -40,22 +41,24 @@ def test_live_jobs_none_gives_no_membership(tmp_path):
 
 @pytest.mark.slow
 def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path):
-    job = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 300", "--output", str(tmp_path / "out")],
-                         env=slurm_cluster.env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    argv = ["sbatch", "--parsable", "--wrap", "sleep 300", "--output", str(tmp_path / "out")]
+    env = slurm_cluster.env
+    job = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.strip()
     try:
         deadline = time.monotonic() + 60
-        while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=slurm_cluster.env,
+        while "RUNNING" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env,
                                               capture_output=True, text=True).stdout:  # fmt: skip
             assert time.monotonic() < deadline, f"job {job} did not start"
             time.sleep(0.5)
-        settings = Settings(home=str(tmp_path / "home"), live_jobs="slurm", slurm_conf=str(slurm_cluster.conf))
+        conf = str(slurm_cluster.conf)
+        settings = Settings(home=str(tmp_path / "home"), live_jobs="slurm", slurm_conf=conf)
         live = LiveCluster(settings, feed=None)
         now = pd.Timestamp.now(tz="UTC")
-        live._scorer_nodes = frozenset({slurm_cluster.node, "n2"})  # the nodes the champion scores (set in score())
+        live._scorer_nodes = frozenset({slurm_cluster.node, "n2"})  # the nodes scored (score() sets them)
         got = live._running_jobs(now)
         assert [job, slurm_cluster.node] in got.values.tolist()
         assert live._running_jobs(now) is got  # asked at most once a minute, the same frame
-        live._scorer_nodes = frozenset({"n2"})  # Slurm's node is not among the scored ones: left out, no error
+        live._scorer_nodes = frozenset({"n2"})  # Slurm's node is not a scored one: left out, no error
         assert live._running_jobs(now).empty and live._slurm_warned
     finally:
-        subprocess.run(["scancel", job], env=slurm_cluster.env, check=False)
+        subprocess.run(["scancel", job], env=env, check=False)

@@ -28,9 +28,9 @@ class ClusterModelConfig(dg.Config):
 
     rebase: bool = Field(
         default=False,
-        description="Train a fresh cluster model with this didact's defaults instead of continuing the champion "
-        "(a continued model keeps the config it was first trained with, so new scoring options reach an existing "
-        "deployment only this way); gated against the champion as usual.",
+        description="Train a fresh cluster model with this didact's defaults instead of continuing the "
+        "champion (a continued model keeps the config it was first trained with, so new scoring options "
+        "reach an existing deployment only this way); gated against the champion as usual.",
     )
 
 

@@ -25,10 +25,11 @@ clean-day units (each rack against its own clean level).  The excess ignores ris
 ``excess_z``, and the co-movement is in units of the broad cross-node spread of the log error; a
 faint incident that lifts a few nodes' errors tenfold while others' jobs end shows in neither but
 moves the scope's mean error.  Each node counts at most up to the top of the normal range and the
-scope's highest node not at all (``level_trim_beyond``: only when it is beyond that top) (so does the excess and co-movement mean with ``trim_top``): one
-wild node — a straggler, a node fault — is not an incident of its rack.  The scope score is the
-larger of the two (× ``level_weight``; 0 = off).  The incident score is the largest of the
-cluster's and every rack's score: a filesystem stall lifts the cluster, a rack event lifts its rack.
+scope's highest node not at all (``level_trim_beyond``: only when it is beyond that top; the
+excess and co-movement means leave it out too with ``trim_top``): one wild node — a straggler,
+a node fault — is not an incident of its rack.  The scope score is the larger of the two
+(× ``level_weight``; 0 = off).  The incident score is the largest of the cluster's and every
+rack's score: a filesystem stall lifts the cluster, a rack event lifts its rack.
 
 Per job (≥ ``min_peers`` members scored): each member's latent distance to the job's median
 latent and its log error against the job's median, each as a robust z over the job's peers

@@ -256,7 +256,7 @@ def _subset(inp: DayInputs, mask: np.ndarray) -> DayInputs:
 
 
 def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
-                      config: ClusterConfig | None = None, rebase: bool = False) -> ClusterOutcome:  # fmt: skip
+                      config: ClusterConfig | None = None, rebase: bool = False) -> ClusterOutcome:
     """Train day ``day``'s cluster challenger from the cluster champion, register, gate (module doc).
 
     ``config``: the challenger's config when it starts fresh (no champion, or ``rebase``; default:
@@ -280,13 +280,16 @@ def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
         keep = ~pd.to_datetime(train.scores["ts"], utc=True).isin(busy).to_numpy()
         train = _subset(train, keep) if keep.sum() >= 10 else train
     warm = champion is not None and not rebase
-    challenger = ClusterModel.from_dict(champion.to_dict()) if warm else ClusterModel(config or ClusterConfig())
+    challenger = (ClusterModel.from_dict(champion.to_dict()) if warm
+                  else ClusterModel(config or ClusterConfig()))  # fmt: skip
     tags = {"didact.day": day, "didact.kind": "train_cluster", "didact.dagster_run_id": run_id or "",
-            "didact.parent_version": str(parent or ""), "didact.rebase": str(bool(rebase)).lower()}  # fmt: skip
+            "didact.parent_version": str(parent or ""),
+            "didact.rebase": str(bool(rebase)).lower()}  # fmt: skip
     with registry.run(f"train cluster {day}", tags=tags) as run:
         challenger.fit(train.scores, train.topology, train.jobs, day=day)
         gate = cluster_gate(challenger, champion, test)
-        mlflow.log_params({"day": day, "parent_version": parent or "none", "warm_start": warm, "rebase": bool(rebase),
+        mlflow.log_params({"day": day, "parent_version": parent or "none", "warm_start": warm,
+                           "rebase": bool(rebase),
                            "node_model_version": inp.node_version, "jobs_source": inp.jobs_source,
                            **{f"model.{k}": v for k, v in challenger.config.to_dict().items()}})  # fmt: skip
         mlflow.log_metrics({"threshold": challenger.threshold_, "peer_threshold": challenger.calibration_.peer_threshold,
@@ -300,7 +303,8 @@ def train_cluster_day(settings: Settings, day: str, run_id: str | None = None,
     started = "continued from the champion" if warm else ("rebased: a fresh model with this didact's config"
                                                           if champion is not None else "a fresh model")
     wh.record("register", CLUSTER_ASSET, partition=day, version=f"m{mv.version}", model_version=str(mv.version),
-              upstream=upstream, run_id=run_id, mlflow_run_id=mlflow_run_id, reason=f"{started}; {gate.reason}")  # fmt: skip
+              upstream=upstream, run_id=run_id, mlflow_run_id=mlflow_run_id,
+              reason=f"{started}; {gate.reason}")  # fmt: skip
     if gate.passed:
         old = registry.promote(mv.version)
         wh.record("promote", CLUSTER_ASSET, partition=day, version=f"m{mv.version}", model_version=str(mv.version),

@@ -183,8 +183,8 @@ class ClusterScorer:
 
     def _level(self, error: np.ndarray) -> tuple[float, np.ndarray]:
         """Level scores (cluster, per rack): the log of the scope's mean error (each node's clipped at
-        the normal range's top, the highest node left out when beyond it), smoothed, in clean-day units (each rack
-        against its own clean level)."""
+        the normal range's top, the highest node left out when beyond it), smoothed, in clean-day units
+        (each rack against its own clean level)."""
         cal, p = self.cal, self.params
         # a node counts at most up to the top of the normal range (excess_z robust sd above the clean
         # median), and the scope's highest node not at all: one node off its normal cannot lift its scope.

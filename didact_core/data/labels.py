@@ -41,9 +41,10 @@ Accepted inputs
 
 i.e. ``|``-separated with a header; the columns used are ``NodeList``, ``Start``, ``End``
 and the label column (``JobName`` by default; ``label_column="Partition"`` or any other
-works), and ``JobID`` when present (as ``job_id``).  ``NodeList`` is Slurm's compressed host list (``node[001-004,010],gpu01``) and is
-expanded to one row per node.  Jobs that never ran or still run (``Start``/``End`` =
-``Unknown``/``None``, ``NodeList`` = ``None assigned``) are skipped and counted in
+works), and ``JobID`` when present (as ``job_id``).  ``NodeList`` is Slurm's compressed host
+list (``node[001-004,010],gpu01``) and is expanded to one row per node.  Jobs that never ran
+or still run (``Start``/``End`` = ``Unknown``/``None``, ``NodeList`` = ``None assigned``) are
+skipped and counted in
 ``df.attrs["skipped"]``.  Slurm prints local time without a zone: pass ``tz`` (e.g.
 ``"Europe/Zurich"``) if the cluster is not on UTC.
 

@@ -162,8 +162,9 @@ class LiveCluster:
         known = jobs["node"].isin(self._scorer_nodes or frozenset())
         if not known.all() and not self._slurm_warned:
             self._slurm_warned = True
-            log.warning("running jobs from Slurm: %d node(s) not scored here, e.g. %s (left out; with Prometheus, "
-                        "DIDACT_PROMETHEUS_NODE_LABEL picks the node names)", (~known).sum(), jobs["node"][~known].iloc[0])
+            log.warning("running jobs from Slurm: %d node(s) not scored here, e.g. %s (left out; with "
+                        "Prometheus, DIDACT_PROMETHEUS_NODE_LABEL picks the node names)",
+                        (~known).sum(), jobs["node"][~known].iloc[0])  # fmt: skip
         self._slurm_seen = (jobs, self._scorer_nodes, jobs[known].reset_index(drop=True))
         return self._slurm_seen[2]
 

@@ -40,14 +40,17 @@ def parse_squeue(text: str) -> pd.DataFrame:
         except ValueError as e:
             problems.append(f"line {k}: {e}")
     if problems:
-        raise DidactError("squeue output", "; ".join(problems[:5]), f"check that `{' '.join(SQUEUE)}` prints JOBID|NODELIST")
+        raise DidactError("squeue output", "; ".join(problems[:5]),
+                          f"check that `{' '.join(SQUEUE)}` prints JOBID|NODELIST")  # fmt: skip
     return pd.DataFrame(rows, columns=["job_id", "node"], dtype=str)
 
 
 class SlurmJobs:
-    """Callable: the running jobs' membership (``job_id, node``), asked of ``squeue`` at most every ``every_s``."""
+    """Callable: the running jobs' membership (``job_id, node``), asked of ``squeue`` at most
+    every ``every_s`` seconds."""
 
-    def __init__(self, conf: str | Path | None = None, timeout_s: float = 30.0, every_s: float = 60.0, env=None):
+    def __init__(self, conf: str | Path | None = None, timeout_s: float = 30.0, every_s: float = 60.0,
+                 env=None):  # fmt: skip
         self.slurm = SlurmExecutor(conf=conf or None, command_timeout_s=timeout_s, env=env)
         self.every_s = float(every_s)
         self.errors = 0
