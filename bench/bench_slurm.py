@@ -1,8 +1,8 @@
 """Benchmark: the same work through local processes and through Slurm, same machine, same run,
 and what a farm day needs from Slurm.
 
-    didact bench slurm                                   # 30 days; starts a throwaway single-node Slurm (root)
-    didact bench slurm --days 4 --nodes 128              # what bench/README_slurm.md reports
+    didact bench slurm                                  # 30 days; starts a throwaway single-node Slurm (root)
+    didact bench slurm --days 4 --nodes 128             # what bench/README_slurm.md reports
     didact bench slurm --slurm-conf /etc/slurm/slurm.conf --partition cpu   # a real cluster
 
 1. **One partition**: a day of ``--nodes`` × ``--cpus`` × ``--interval`` s in blocks of
@@ -89,13 +89,15 @@ class TaskPeaks:
 
     def _kind(self, pid: int) -> str | None:
         """The task kind of ``pid``; None (and ignored from now on) for anything else, except a
-        batch script's shell, which ``exec``s the task under the same pid: asked again later."""
+        process that may still ``exec`` a task under the same pid — a batch script's shell, or
+        slurmstepd's child before it execs the script (it carries slurmstepd's command line; one
+        seen in that window was ignored for good, and its task never measured): asked again later."""
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
         text = " ".join(a.decode(errors="replace") for a in argv)
-        if "slurm_script" in text:
+        if "slurm_script" in text or "slurmstepd" in text:
             return None
         asset = re.search(r"/staging/([a-z_]+)/", text)  # the manifest: <home>/staging/<asset>/<day>/<key>/
         if self.root in text and "didact_core.learn.job" in text:
@@ -210,7 +212,8 @@ def chain_day(settings: Settings, day: dt.date, nodes_per_block: int) -> dict:
     return {"day": day.isoformat(), "stages": times, "total": sum(times.values()),
             "fit_samples": fit.get("samples_seen", 0), "fit_s": fit.get("seconds", 0.0),
             "fit_rows": fit.get("n_train", 0) + fit.get("n_val", 0), "epochs": fit.get("epochs"),
-            "train_job": meta.get("job_id"), "train_job_s": (meta.get("elapsed_s") or {}).get("max")}  # fmt: skip
+            "train_job": meta.get("job_id"),
+            "train_job_s": (meta.get("elapsed_s") or {}).get("max")}  # fmt: skip
 
 
 # -- the farm extrapolation ----------------------------------------------------------------
@@ -268,10 +271,12 @@ def plan(prof: dict, nodes: int, threads: int, interval_s: float) -> dict:
     block64 = min(64, nodes) * per_node
     out = {"samples": total, "train_s": train_s, "eval_s": prof["eval_s"], "train_gib": task_gib(tr, total),
            "blocks": math.ceil(nodes / 64), "task_s": task_s(raw, block64) + task_s(ai, block64),
-           "task_gib": max(filter(None, (task_gib(raw, block64), task_gib(ai, block64))), default=None)}  # fmt: skip
+           "task_gib": max(filter(None, (task_gib(raw, block64), task_gib(ai, block64))),
+                           default=None)}  # fmt: skip
     out["day_task_s"] = out["blocks"] * out["task_s"]
     out["day_plan"] = day_slots(prof, nodes, per_node, train_s + prof["eval_s"] + overhead)
-    out["day_plan_configured"] = day_slots(prof, nodes, per_node, prof["train_step_s"] + prof["eval_s"] + overhead)
+    out["day_plan_configured"] = day_slots(prof, nodes, per_node,
+                                           prof["train_step_s"] + prof["eval_s"] + overhead)
     # a year in an hour: the data of all days at once, the training in day order behind it
     out["year_slots"] = math.ceil(YEAR_DAYS * out["day_task_s"] / YEAR_BUDGET_S)
     out["year_train_s"] = YEAR_DAYS * (train_s + prof["eval_s"])
@@ -307,7 +312,8 @@ def profile(part: dict, fills: list[dict], peaks: TaskPeaks, env: dict, blocks_p
         "train": train, "peak_source": src,
         "eval_s": statistics.median(d["stages"]["eval"] for d in fills),
         "train_step_s": statistics.median(d["stages"]["train"] for d in fills),
-        "overhead_s": statistics.mean(max(part[f"{s}_s"] - (part[f"{s}_task_s"] or 0.0), 0.0) for s in ("raw", "ai")),
+        "overhead_s": statistics.mean(max(part[f"{s}_s"] - (part[f"{s}_task_s"] or 0.0), 0.0)
+                                      for s in ("raw", "ai")),
     }  # fmt: skip
 
 
@@ -326,15 +332,16 @@ def print_partition(loc: dict, slu: dict) -> None:
     print(f"\n1. one partition ({loc['rows']:,} raw samples, {loc['nodes']} nodes), local vs Slurm")
     print(f"{'stage':<10}{'local s':>9}{'slurm s':>9}{'overhead s':>12}{'tasks':>7}{'task s (max)':>14}")
     for stage in ("raw", "ai"):
-        print(f"{stage:<10}{loc[stage + '_s']:>9.1f}{slu[stage + '_s']:>9.1f}{slu[stage + '_s'] - loc[stage + '_s']:>12.1f}"
+        print(f"{stage:<10}{loc[stage + '_s']:>9.1f}{slu[stage + '_s']:>9.1f}"
+              f"{slu[stage + '_s'] - loc[stage + '_s']:>12.1f}"
               f"{_f(slu[stage + '_tasks'], 'd'):>7}{_f(slu[stage + '_task_s']):>14}")  # fmt: skip
     same = "same" if loc["data_version"] == slu["data_version"] else "DIFFERENT"
     print(f"data versions local vs slurm: {same}")
 
 
 def print_backfill(fills: dict, args) -> None:
-    print(f"\n2. backfill of {args.days} days in order: raw → labels → AI-ready → training ({args.epochs} epochs, "
-          f"≤ {args.train_samples:,} samples) → evaluation")  # fmt: skip
+    print(f"\n2. backfill of {args.days} days in order: raw → labels → AI-ready → training "
+          f"({args.epochs} epochs, ≤ {args.train_samples:,} samples) → evaluation")  # fmt: skip
     print(f"{'day':<12}{'local s':>9}{'slurm s':>9}{'slurm train job s':>19}")
     for loc, slu in zip(fills["local"], fills["slurm"]):
         print(f"{loc['day']:<12}{loc['total']:>9.1f}{slu['total']:>9.1f}{_f(slu['train_job_s']):>19}")
@@ -342,7 +349,8 @@ def print_backfill(fills: dict, args) -> None:
     print(f"{'total':<12}{tl:>9.1f}{ts:>9.1f}   slurm/local {ts / tl:.2f}×")
     print(f"{'median s':<12}" + "".join(f"{s:>9}" for s in ("raw", "labels", "ai", "train", "eval")))
     for kind in ("local", "slurm"):
-        meds = [statistics.median(d["stages"][s] for d in fills[kind]) for s in ("raw", "labels", "ai", "train", "eval")]
+        meds = [statistics.median(d["stages"][s] for d in fills[kind])
+                for s in ("raw", "labels", "ai", "train", "eval")]
         print(f"{kind:<12}" + "".join(f"{m:>9.1f}" for m in meds))
 
 
@@ -353,13 +361,15 @@ def print_profile(prof: dict) -> None:
     for key, name in (("raw", "raw block"), ("ai", "AI-ready block"), ("train", "training job")):
         p = prof[key]
         print(f"{name:<14}{p['samples']:>12,}{_f(p['task_s']):>8}{p['startup_s']:>12.1f}{p['rate']:>12,.0f}"
-              f"{_mib(p['peak_kib']):>10}{_mib(p['base_kib']):>10}{_f(p['bytes_per_sample'], ',.0f'):>10}")  # fmt: skip
-    print(f"samples/s: blocks = samples / (run − start-up); training = the fit loop's samples (all epochs) per "
-          f"second. Peak memory from: {prof['peak_source']}")  # fmt: skip
+              f"{_mib(p['peak_kib']):>10}{_mib(p['base_kib']):>10}"
+              f"{_f(p['bytes_per_sample'], ',.0f'):>10}")  # fmt: skip
+    print("samples/s: blocks = samples / (run − start-up); training = the fit loop's samples (all epochs) "
+          f"per second. Peak memory from: {prof['peak_source']}")  # fmt: skip
     if not (prof["raw"]["separable"] and prof["ai"]["separable"]):
         print("note: the block tasks ran under 3× their start-up: too small to separate start-up from work; "
               "the rates below are rough")  # fmt: skip
-    print(f"evaluation step (median) {prof['eval_s']:.1f} s a day; Slurm overhead per stage {prof['overhead_s']:.1f} s")
+    print(f"evaluation step (median) {prof['eval_s']:.1f} s a day; "
+          f"Slurm overhead per stage {prof['overhead_s']:.1f} s")
 
 
 def _rate(v: float | None) -> str:
@@ -383,7 +393,8 @@ def print_plans(plans: dict) -> None:
         ("training, 1 epoch over the day, s (1 job)", lambda p: f"{p['train_s']:,.0f}"),
         ("training job peak memory, GiB", lambda p: _f(p["train_gib"])),
         ("day in 10 min: block slots (+1 training job)", lambda p: _slots(p["day_plan"])),
-        ("  … at blocks of (nodes)", lambda p: f"{p['day_plan']['nodes_per_block']}" if p["day_plan"] else "-"),
+        ("  … at blocks of (nodes)",
+         lambda p: f"{p['day_plan']['nodes_per_block']}" if p["day_plan"] else "-"),
         ("  … day's wall, s", lambda p: f"{p['day_plan']['wall_s']:,.0f}" if p["day_plan"] else "-"),
         ("  training rate for 10 min alone, samples/s", lambda p: f"{p['day_train_rate_needed']:,.0f}"),
         ("  … training as configured: block slots", lambda p: _slots(p["day_plan_configured"])),
@@ -397,9 +408,10 @@ def print_plans(plans: dict) -> None:
     if any(p["day_plan"] is None or p["day_plan_configured"] is None for p in plans.values()):
         print("'no': the training (and evaluation) alone take more than 10 minutes at the measured rate.")
     if any(p["year_train_rate_needed"] is None for p in plans.values()):
-        print("'none fits': evaluation and the job's start-up alone exceed the 9.9 s a day that a year in an hour "
-              "leaves.")  # fmt: skip
-    print("Training runs in day order (each day starts from the previous champion): more slots do not shorten it.")
+        print("'none fits': evaluation and the job's start-up alone exceed the 9.9 s a day that a year "
+              "in an hour leaves.")  # fmt: skip
+    print("Training runs in day order (each day starts from the previous champion): "
+          "more slots do not shorten it.")
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -419,7 +431,8 @@ def slurm_conf(args, work: Path):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="didact bench slurm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--nodes", type=int, default=128, help="simulated nodes of the measured day (default 128)")
+    ap.add_argument("--nodes", type=int, default=128,
+                    help="simulated nodes of the measured day (default 128)")
     ap.add_argument("--cpus", type=int, default=8, help="CPU threads per node (default 8)")
     ap.add_argument("--interval", type=float, default=15.0, help="scrape interval, seconds (default 15)")
     ap.add_argument("--nodes-per-block", type=int, default=64,
@@ -427,13 +440,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--days", type=int, default=30,
                     help=f"days of the backfill (default 30, at most {MAX_DAYS}; ≈2 min a day on 2 cores); "
                     "0 skips it and the farm extrapolation, which needs its training figures")
-    ap.add_argument("--train-samples", type=int, default=200_000, help="training samples per day (default 200000)")
+    ap.add_argument("--train-samples", type=int, default=200_000,
+                    help="training samples per day (default 200000)")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs per day (default 2)")
-    ap.add_argument("--slurm-conf", help="an existing cluster's slurm.conf (default: start a throwaway one, as root)")
+    ap.add_argument("--slurm-conf",
+                    help="an existing cluster's slurm.conf (default: start a throwaway one, as root)")
     ap.add_argument("--partition", default="", help="Slurm partition (default: the cluster's default)")
     ap.add_argument("--work-dir", metavar="DIR",
-                    help="where the homes go, a folder the compute nodes share (default: a temporary folder); "
-                    "removed afterwards")  # fmt: skip
+                    help="where the homes go, a folder the compute nodes share "
+                    "(default: a temporary folder); removed afterwards")  # fmt: skip
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     args = ap.parse_args(argv)
     for name in ("nodes", "cpus", "nodes_per_block", "train_samples", "epochs"):
@@ -474,7 +489,8 @@ def run(args, work: Path) -> dict:
         if days:
             print_backfill(fills, args)
         if not days:
-            print("\n3-4. skipped: the farm extrapolation needs the training figures of a backfill (--days ≥ 1)")
+            print("\n3-4. skipped: the farm extrapolation needs the training figures of a backfill "
+                  "(--days ≥ 1)")
             return {"args": vars(args), "partition": part, "backfill": fills, "profile": None, "plans": None}
         env = {**os.environ, "SLURM_CONF": str(conf)}
         prof = profile(part["slurm"], fills["slurm"], peaks, env, probes["blocks"], probes["train"])
@@ -492,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     with open("/proc/meminfo") as f:
         mem_gib = int(f.readline().split()[1]) / 2**20
     print(f"machine: {os.cpu_count()} cores, {mem_gib:.0f} GiB; load average {load0[0]:.1f} at the start; "
-          f"day: {args.nodes} nodes × {args.cpus} threads × {args.interval:g} s, blocks of {args.nodes_per_block} nodes")
+          f"day: {args.nodes} nodes × {args.cpus} threads × {args.interval:g} s, "
+          f"blocks of {args.nodes_per_block} nodes")
     try:
         figures = run(args, work)
     finally:
@@ -500,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()
     print(f"load average {load1[0]:.1f} at the end (1-min; {os.cpu_count()} cores)")
     if args.json:
-        figures["machine"] = {"cores": os.cpu_count(), "mem_gib": mem_gib, "load_start": load0[0], "load_end": load1[0]}
+        figures["machine"] = {"cores": os.cpu_count(), "mem_gib": mem_gib,
+                              "load_start": load0[0], "load_end": load1[0]}
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     return 0
 
