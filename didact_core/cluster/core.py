@@ -112,23 +112,24 @@ class Calibration:
 
 @dataclass(frozen=True)
 class StepParams:
-    """The hyperparameters the step arithmetic needs (a subset of ClusterConfig)."""
+    """The hyperparameters the step arithmetic needs: a subset of ``ClusterConfig``'s fields, same
+    names, no defaults of their own (``ClusterConfig.params()`` fills them)."""
 
-    excess_z: float = 2.0
-    excess_cap: float = 3.0
-    alpha: float = 0.5
-    min_peers: int = 3
-    peer_alpha: float = 0.3
-    peer_cap: float = 50.0
-    lat_beta: float = 0.05
-    lat_weight: float = 1.0
-    co_beta: float = 0.02
-    co_cap: float = 4.0
-    co_weight: float = 1.0
-    level_weight: float = 1.0
-    trim_top: bool = True
-    co_trim: float = 0.0
-    level_trim_beyond: bool = False
+    excess_z: float
+    excess_cap: float
+    alpha: float
+    min_peers: int
+    peer_alpha: float
+    peer_cap: float
+    lat_beta: float
+    lat_weight: float
+    co_beta: float
+    co_cap: float
+    co_weight: float
+    level_weight: float
+    trim_top: bool
+    co_trim: float
+    level_trim_beyond: bool
 
 
 def node_excess(error: np.ndarray, deviation: np.ndarray | None, cal: Calibration, p: StepParams) -> np.ndarray:

@@ -108,9 +108,7 @@ class ClusterConfig:
     level_trim_beyond: bool = True
 
     def params(self) -> StepParams:
-        return StepParams(self.excess_z, self.excess_cap, self.alpha, self.min_peers, self.peer_alpha, self.peer_cap,
-                          self.lat_beta, self.lat_weight, self.co_beta, self.co_cap, self.co_weight,
-                          self.level_weight, self.trim_top, self.co_trim, self.level_trim_beyond)  # fmt: skip
+        return StepParams(**{f.name: getattr(self, f.name) for f in fields(StepParams)})
 
     def to_dict(self) -> dict:
         return asdict(self)
