@@ -52,9 +52,9 @@ from didact_core.data.warehouse import Warehouse
 from didact_core.errors import DataQualityError, RegistryError
 from didact_core.ingest.simulator import cluster_truth
 from didact_core.ingest.topology import topology_for
-from didact_core.schema import EXCLUDE
 from didact_core.learn.champion import rollback_champion
 from didact_core.learn.registry import CHALLENGER, CHAMPION, ModelRegistry, ModelVersionInfo
+from didact_core.schema import EXCLUDE
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,6 @@ def label_jobs(wh: Warehouse, day: str) -> tuple[pd.DataFrame | None, str]:
     jobs = pd.DataFrame({"job_id": rows[JOB_ID].astype(str), "node": rows["node"].astype(str),
                          "start": rows["start"], "end": rows["end"]}).reset_index(drop=True)  # fmt: skip
     return jobs, f"job labels ({jobs['job_id'].nunique()} multi-node jobs)"
-
 
 
 def holdout_mask(ts: pd.Series) -> np.ndarray:
