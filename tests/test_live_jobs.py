@@ -53,7 +53,7 @@ def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path):
         conf = str(slurm_cluster.conf)
         settings = Settings(home=str(tmp_path / "home"), live_jobs="slurm", slurm_conf=conf)
         live = LiveCluster(settings, feed=None)
-        now = pd.Timestamp.now(tz="UTC")
+        now = pd.Timestamp("2026-03-02 12:00", tz="UTC")  # any interval: Slurm answers for now
         live._scorer_nodes = frozenset({slurm_cluster.node, "n2"})  # the nodes scored (score() sets them)
         got = live._running_jobs(now)
         assert [job, slurm_cluster.node] in got.values.tolist()
