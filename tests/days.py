@@ -13,6 +13,11 @@ import datetime as dt
 
 #: the newest day of the window
 LAST_DAY = dt.date(2026, 2, 10)
+#: where the simulated live feed of the serving tests starts (epoch seconds): the day after
+#: :data:`LAST_DAY`, at noon.  Not the real now: the simulator's data faults (a missed or late
+#: scrape) fall where the day puts them, so a test starting at the real now met one now and
+#: then and failed on a sample count (a CI run, session 7)
+LIVE_START = dt.datetime.combine(LAST_DAY + dt.timedelta(days=1), dt.time(12), dt.timezone.utc).timestamp()
 
 
 def fixed_days(n: int) -> list[str]:

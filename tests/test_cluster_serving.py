@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -22,7 +21,7 @@ from didact_core.learn import continual
 from didact_core.serve import ServingService
 
 from .conftest import REPO
-from .days import fixed_days
+from .days import LIVE_START, fixed_days
 from .services import free_port
 from .test_serving import metrics_of, scrape, value, wait_until
 
@@ -105,7 +104,7 @@ def test_cluster_wide_fault_opens_one_incident_in_the_review_queue(home):
 
 def test_no_cluster_champion_changes_nothing(home):
     """A registry without a cluster champion: node scoring as before, cluster version 0."""
-    service = _service(home, time.time())
+    service = _service(home, LIVE_START)
     service.cluster.settings = home.replace(model_name="no-such-model")  # its "-cluster" model: none
     for _ in range(3):
         service.run_once()

@@ -7,6 +7,7 @@ computes."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -44,6 +45,7 @@ from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster
 from didact_core.data.warehouse import Warehouse
 
 from .conftest import REPO, yesterday
+from .days import LIVE_START
 from .services import free_port, require_binary, start_node_exporter, start_prometheus
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -109,8 +111,9 @@ def quick_rich_detector(window: int = 3, seed: int = 0) -> Detector:
 
 
 def fast_feed(s: Settings, **kw) -> SimulatedLiveFeed:
-    """The simulated cluster on a fake clock: every poll two simulated minutes later."""
-    return SimulatedLiveFeed(s, speed=60, start=time.time(), clock=iter(range(0, 10**6, 2)).__next__, **kw)
+    """The simulated cluster from a fixed instant on a fake clock: every poll two simulated
+    minutes later."""
+    return SimulatedLiveFeed(s, speed=60, start=LIVE_START, clock=iter(range(0, 10**6, 2)).__next__, **kw)
 
 
 def raw_frame(ts_s: float, counters: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
@@ -511,14 +514,14 @@ def test_injected_fault_reaches_the_review_queue(trained):
     them only part of the time; a behaviour it never saw is flagged always.)"""
     from didact_core.data.review import ReviewQueue
 
-    t = [time.time()]
+    t = [0.0]
 
     def clock():  # each call one simulated minute later (speed 60): one new scrape per interval
         t[0] += 1.0
         return t[0]
 
     livelock = {"system": 0.95, "idle": 0.05}
-    feed = SimulatedLiveFeed(trained, speed=60, clock=clock, faults={"node0002": livelock})
+    feed = SimulatedLiveFeed(trained, speed=60, start=LIVE_START, clock=clock, faults={"node0002": livelock})
     service = ServingService(trained, feed, interval_s=1, reload_s=60)
     before = len(ReviewQueue(trained).list(status=None, limit=100_000))
     scored = [service.run_once() for _ in range(6)]
@@ -1041,6 +1044,11 @@ def test_windows_come_from_consecutive_scrapes():
     assert len(buf) == 0
 
 
+def _fault_free(s: Settings) -> SimulatedCluster:
+    """The simulated cluster of ``s`` without data faults."""
+    return dataclasses.replace(SimulatedCluster.from_settings(s), data_faults=DataFaultRates.none())
+
+
 def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
     """A CPU-only champion, then a promotion to a node-level, window-3 one: its first poll
     with node-level metrics only sets their state, the next two build each series' history
@@ -1052,8 +1060,9 @@ def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
 
     # one poll per scrape (a simulated minute per poll): a poll that skipped a scrape would
     # leave the next samples without consecutive history, as it would in production
-    feed = SimulatedLiveFeed(settings, speed=60, start=time.time(), clock=iter(range(10**6)).__next__,
-                             faults={"node0001": "io_stall"})  # fmt: skip
+    # and no data faults: a missed scrape would take a node's samples out of the counts below
+    feed = SimulatedLiveFeed(settings, cluster=_fault_free(settings), speed=60, start=LIVE_START,
+                             clock=iter(range(10**6)).__next__, faults={"node0001": "io_stall"})  # fmt: skip
     service = ServingService(settings, feed, interval_s=1, review=False)
     service.watcher.current, service.watcher._next = LoadedModel(quick_detector(), version=3), math.inf
     assert service.run_once() is None and len(service.run_once().samples) == n
@@ -1083,7 +1092,8 @@ def test_rich_champion_in_process_and_what_it_needs(settings, caplog):
             return None
 
     blind = ServingService(
-        settings, NoNodeMetrics(settings, speed=60, start=time.time(), clock=iter(range(0, 10**6, 2)).__next__),
+        settings, NoNodeMetrics(cluster=_fault_free(settings), speed=60, start=LIVE_START,
+                                clock=iter(range(0, 10**6, 2)).__next__),
         interval_s=1, review=False,
     )  # fmt: skip
     blind.watcher.current, blind.watcher._next = model, math.inf
