@@ -17,7 +17,10 @@ LAST_DAY = dt.date(2026, 2, 10)
 #: :data:`LAST_DAY`, at noon.  Not the real now: the simulator's data faults (a missed or late
 #: scrape) fall where the day puts them, so a test starting at the real now met one now and
 #: then and failed on a sample count (a CI run, session 7)
-LIVE_START = dt.datetime.combine(LAST_DAY + dt.timedelta(days=1), dt.time(12), dt.timezone.utc).timestamp()
+LIVE_START_AT = dt.datetime.combine(LAST_DAY + dt.timedelta(days=1), dt.time(12), dt.timezone.utc)
+LIVE_START = LIVE_START_AT.timestamp()
+#: the same for ``didact serve --start``
+LIVE_START_ARG = LIVE_START_AT.isoformat()
 
 
 def fixed_days(n: int) -> list[str]:

@@ -34,6 +34,7 @@ from didact_core.serve.model import day_timestamp
 from didact_core.serve.watcher import ModelWatcher
 
 from .conftest import REPO
+from .days import LIVE_START_ARG
 from .services import (
     MissingBinary,
     find_binary,
@@ -279,7 +280,7 @@ def test_no_model_alert_fires_on_a_real_prometheus(tmp_path):
     env = {"PYTHONPATH": str(REPO), "DIDACT_HOME": str(tmp_path / "empty-home"), "DIDACT_NODES": "3",
            "DIDACT_CPUS": "2", "DIDACT_INTERVAL_S": "60", "DIDACT_SEED": "7"}  # fmt: skip
     argv = lambda port: [sys.executable, "-m", "didact_core.serve.cli", "--port", str(port),  # noqa: E731
-                         "--interval", "1", "--reload", "1", "--speed", "60", "--no-review"]  # fmt: skip
+                         "--interval", "1", "--reload", "1", "--speed", "60", "--no-review", "--start", LIVE_START_ARG]  # fmt: skip
     with start_service("didact-serve", argv, "/metrics", tmp_path / "serve", timeout_s=120, env=env) as serve:
         # the feed answered once (didact_feed_up starts at 0 until the first poll)
         deadline = time.monotonic() + 60

@@ -97,6 +97,7 @@ def test_bench_help_lists_every_benchmark(capsys):
         (["testbed", "serve", "--port", "99999"], "--port", "1 to 65535"),
         (["testbed", "ingest", "--day", "yesterday"], "--day", "YYYY-MM-DD"),
         (["testbed", "evaluate", "--days", "2026-11-20,bad"], "--days", "YYYY-MM-DD"),
+        (["serve", "--start", "yesterday"], "--start", "2026-02-11T12:00"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_usage_error_naming_the_option_and_the_fix(capsys, argv, option, fix):
@@ -137,3 +138,21 @@ def test_demo_off_a_terminal_reports_each_asset_of_each_day_in_plain_lines(didac
         assert sum(re.fullmatch(rf"data_spine \d{{4}}-\d\d-\d\d: \d/\d {asset} done", ln) is not None
                    for ln in lines) == 2, r.stdout  # fmt: skip
     assert [ln for ln in lines if ln.startswith("data_spine: days: ")][-1].startswith("data_spine: days: 2/2 ")
+
+
+def test_serve_start_replays_the_simulator_from_that_instant(capsys, monkeypatch, tmp_path):
+    """``didact serve --start``: the simulated feed's clock starts there (naive: UTC); with
+    any other feed it is an error naming the option, as --speed is."""
+    import datetime as dt
+
+    from didact_core.serve import cli as serve_cli
+
+    monkeypatch.setenv("DIDACT_HOME", str(tmp_path))
+    feeds = []
+    monkeypatch.setattr(serve_cli, "serve", lambda *a, **kw: feeds.append(a[5]))  # (settings, host, port, …, feed)
+    run(capsys, "serve", "--start", "2026-02-11T12:00", "--speed", "60")
+    want = dt.datetime(2026, 2, 11, 12, tzinfo=dt.timezone.utc).timestamp()
+    assert want <= feeds[0].now() < want + 60 * 30  # 60 simulated s per wall-clock s, well under 30 s in
+    rc, out, err = run(capsys, "serve", "--feed", "localhost", "--start", "2026-02-11")
+    said = " ".join((out + err).split())  # the console wraps lines
+    assert rc == 2 and "--start" in said and "simulator feed only" in said and "Traceback" not in said, said

@@ -21,7 +21,7 @@ from didact_core.learn import continual
 from didact_core.serve import ServingService
 
 from .conftest import REPO
-from .days import LIVE_START, fixed_days
+from .days import LIVE_START, LIVE_START_ARG, fixed_days
 from .services import free_port
 from .test_serving import metrics_of, scrape, value, wait_until
 
@@ -120,6 +120,7 @@ def test_metrics_on_a_running_didact_serve(home):
            "DIDACT_CPUS": "2", "DIDACT_INTERVAL_S": "60.0", "DIDACT_SEED": "5", "DIDACT_SIM_NODES_PER_RACK": "3",
            "DIDACT_SIM_MULTINODE_SHARE": "0.5"}  # fmt: skip
     argv = f"-m didact_core.serve.cli --port {port} --interval 1 --reload 5 --speed 60 --no-review".split()
+    argv += ["--start", LIVE_START_ARG]  # a fixed stretch of the simulated cluster, the same every run
     proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:

@@ -26,6 +26,7 @@ from didact_core.data.catalog_rebuild import rebuild_catalog
 from didact_core.data.warehouse import Warehouse
 from didact_core.learn.registry import CHAMPION, ModelRegistry
 
+from .days import LIVE_START_ARG
 from .services import free_port, wait_http_ok
 
 FIXTURE = Path(__file__).parent / "fixtures" / "home-88aa664.tar.gz"
@@ -107,7 +108,7 @@ def test_didact_serve_serves_the_old_champion(old_home, where):
         proc = subprocess.Popen([sys.executable, "-m", "didact_assets.cli", "serve", "--port", str(port),
                                  "--interval", "1", "--no-review",
                                  # 120 s scrapes: two simulated minutes a second, so each interval has new ones
-                                 "--speed", "120"], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+                                 "--speed", "120", "--start", LIVE_START_ARG], env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/metrics", proc)
         import requests

@@ -45,7 +45,7 @@ from didact_core.ingest.simulator import DataFaultRates, SimulatedCluster
 from didact_core.data.warehouse import Warehouse
 
 from .conftest import REPO, yesterday
-from .days import LIVE_START
+from .days import LIVE_START, LIVE_START_ARG
 from .services import free_port, require_binary, start_node_exporter, start_prometheus
 
 DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
@@ -182,6 +182,7 @@ def served(trained, tmp_path_factory):
     port = free_port()
     log_path = work / "serve.log"
     argv = f"-m didact_core.serve.cli --port {port} --interval 1 --reload 1 --speed 60 --log-level INFO".split()
+    argv += ["--start", LIVE_START_ARG]  # a fixed stretch of the simulated cluster, the same every run
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=serve_env(trained), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -690,6 +691,7 @@ def test_many_scrapers_never_starve_scoring(trained, tmp_path):
     port = free_port()
     env = {**serve_env(trained), "DIDACT_NODES": str(nodes), "DIDACT_CPUS": str(cpus)}
     argv = f"-m didact_core.serve.cli --port {port} --interval 1 --reload 60 --speed 60 --no-review".split()
+    argv += ["--start", LIVE_START_ARG]  # a fixed stretch of the simulated cluster, the same every run
     log_path = tmp_path / "serve-load.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=log,
@@ -1164,6 +1166,7 @@ def test_serve_a_rich_windowed_champion(rich):
     port = free_port()
     # two polls per simulated scrape (60 s scrapes, 30 simulated seconds a poll): every scrape is seen
     argv = f"-m didact_core.serve.cli --port {port} --interval 1 --reload 60 --speed 30 --no-review".split()
+    argv += ["--start", LIVE_START_ARG]  # a fixed stretch of the simulated cluster, the same every run
     log_path = Path(s.home) / "serve-rich.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=serve_env(s), stdout=log,

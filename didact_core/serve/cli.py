@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 
@@ -16,6 +17,17 @@ from didact_core.serve.service import serve
 from didact_core.serve.watcher import DEFAULT_RELOAD_S
 
 log = logging.getLogger("didact_core.serve.cli")  # the same name when run as __main__
+
+
+def instant(raw: str) -> float:
+    """An ISO date or instant as epoch seconds (naive: UTC); an argparse ``type``."""
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not an instant: give an ISO date or UTC time, e.g. 2026-02-11 or 2026-02-11T12:00"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -53,6 +65,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="simulator feed: simulated seconds per wall-clock second (default 1: real time)",
+    )
+    p.add_argument(
+        "--start",
+        type=instant,
+        default=None,
+        metavar="WHEN",
+        help="simulator feed: simulated time starts at this UTC instant (ISO, e.g. 2026-02-11T12:00 or a "
+        "day; default: now) — replays that stretch of the simulated cluster, the same every run",
     )
     p.add_argument(
         "--inject-fault",
@@ -107,9 +127,11 @@ def serve_from_args(args: argparse.Namespace, settings: Settings | None = None) 
                     "e.g. node0003=io_stall or node0003=system:0.95,idle:0.05",
                 )
             faults[node] = _parse_signature(item, fault) if ":" in fault else fault
-        kw = {"speed": args.speed, "faults": faults}
-    elif args.inject_fault or args.speed != 1.0:
-        raise DidactError("--inject-fault / --speed", f"apply to the simulator feed only, not {kind}")
+        kw = {"speed": args.speed, "faults": faults, "start": args.start}
+    elif args.inject_fault or args.speed != 1.0 or args.start is not None:
+        raise DidactError(
+            "--inject-fault / --speed / --start", f"apply to the simulator feed only, not {kind}"
+        )
     if args.torch_threads:
         import torch  # lazy: heavy, and only this option needs it here
 
