@@ -14,6 +14,7 @@ test (it does not skip): the test command installs them first.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -172,6 +173,18 @@ def dagster_site(folder: Path, extra: str = "", pass_s: int = DAEMON_PASS_S) -> 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(DAEMON_SITE.format(seconds=int(pass_s)) + extra)
     return folder
+
+
+def utc_day_with_room(minutes: float = 5.0) -> dt.date:
+    """Today (UTC), after waiting out midnight when it is less than ``minutes`` away.
+
+    For tests that ingest the day a real Prometheus is scraping now: started before it, they
+    read a day all of whose samples fall on it, whenever the suite runs."""
+    now = dt.datetime.now(dt.timezone.utc)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    if midnight - now < dt.timedelta(minutes=minutes):
+        time.sleep((midnight - now).total_seconds() + 1.0)
+    return dt.datetime.now(dt.timezone.utc).date()
 
 
 def wait_for_samples(prom: Service, query: str, min_points: int, timeout: float = 30.0) -> None:

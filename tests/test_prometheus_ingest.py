@@ -3,8 +3,6 @@ same pipeline function the Dagster asset runs."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pytest
 
@@ -12,13 +10,13 @@ from didact_core.data import spine as pipeline
 from didact_core.errors import SourceUnavailableError
 from didact_core.data.warehouse import Warehouse
 
-from .services import free_port, start_node_exporter, start_prometheus, wait_for_samples
+from .services import free_port, start_node_exporter, start_prometheus, utc_day_with_room, wait_for_samples
 
 pytestmark = pytest.mark.slow
 
 
 def test_ingest_today_from_real_prometheus_then_survive_it_going_down(settings, tmp_path):
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = utc_day_with_room()  # every sample scraped below falls on it
     with start_node_exporter(tmp_path) as ne, start_prometheus(tmp_path, [ne.address], scrape_interval="1s") as prom:
         wait_for_samples(prom, 'count_over_time(node_cpu_seconds_total{mode="idle",cpu="0"}[1m])', 5, timeout=45)
         s = settings.replace(source="prometheus", prometheus_url=prom.url, features=("cpu", "node"))

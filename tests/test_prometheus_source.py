@@ -32,6 +32,7 @@ from tests.services import (
     promtool_backfill,
     start_node_exporter,
     start_prometheus,
+    utc_day_with_room,
     wait_for_samples,
 )
 
@@ -152,6 +153,7 @@ def test_a_day_without_data_is_a_clear_error(backfilled):
 def test_live_node_exporter_counters(tmp_path):
     from didact_core.data.preprocess import preprocess
 
+    day = utc_day_with_room()  # every sample scraped below falls on it
     with (
         start_node_exporter(tmp_path) as ne,
         start_prometheus(tmp_path, [ne.address], scrape_interval="1s") as prom,
@@ -159,7 +161,6 @@ def test_live_node_exporter_counters(tmp_path):
         wait_for_samples(
             prom, 'count_over_time(node_cpu_seconds_total{mode="idle",cpu="0"}[1m])', 5, timeout=45
         )
-        day = pd.Timestamp.now(tz="UTC").date()
         src = PrometheusSource(prom.url)
         assert src.nodes(day) == ["127.0.0.1"]  # instance 127.0.0.1:<port>, port stripped
         block = src.read_day(day)
