@@ -36,11 +36,11 @@ def test_a_slurm_that_does_not_answer_keeps_the_last_answer(tmp_path):
 
 def test_live_jobs_none_gives_no_membership(tmp_path):
     live = LiveCluster(Settings(home=str(tmp_path), live_jobs="none"), feed=None)
-    assert live._running_jobs(pd.Timestamp("2026-03-02", tz="UTC")) is None
+    assert live.running_jobs(pd.Timestamp("2026-03-02", tz="UTC"), frozenset({"n1"})) is None
 
 
 @pytest.mark.slow
-def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path):
+def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path, caplog):
     argv = ["sbatch", "--parsable", "--wrap", "sleep 300", "--output", str(tmp_path / "out")]
     env = slurm_cluster.env
     job = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.strip()
@@ -54,11 +54,14 @@ def test_running_jobs_come_from_a_real_slurm(slurm_cluster, tmp_path):
         settings = Settings(home=str(tmp_path / "home"), live_jobs="slurm", slurm_conf=conf)
         live = LiveCluster(settings, feed=None)
         now = pd.Timestamp("2026-03-02 12:00", tz="UTC")  # any interval: Slurm answers for now
-        live._scorer_nodes = frozenset({slurm_cluster.node, "n2"})  # the nodes scored (score() sets them)
-        got = live._running_jobs(now)
+        scored = frozenset({slurm_cluster.node, "n2"})  # the nodes scored (what score() passes)
+        got = live.running_jobs(now, scored)
         assert [job, slurm_cluster.node] in got.values.tolist()
-        assert live._running_jobs(now) is got  # asked at most once a minute, the same frame
-        live._scorer_nodes = frozenset({"n2"})  # Slurm's node is not a scored one: left out, no error
-        assert live._running_jobs(now).empty and live._slurm_warned
+        assert live.running_jobs(now, scored) is got  # asked at most once a minute, the same frame
+        # Slurm's node is not a scored one: left out, said once, no error
+        with caplog.at_level("WARNING", logger="didact_core.serve"):
+            assert live.running_jobs(now, frozenset({"n2"})).empty
+            assert live.running_jobs(now, frozenset({"n3"})).empty
+        assert caplog.text.count("not scored here") == 1, caplog.text
     finally:
         subprocess.run(["scancel", job], env=env, check=False)

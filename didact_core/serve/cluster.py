@@ -134,13 +134,15 @@ class LiveCluster:
             return topo
         return topology_for(self.settings, nodes, strict=False)
 
-    def _running_jobs(self, ts: pd.Timestamp) -> pd.DataFrame | None:
+    def running_jobs(self, ts: pd.Timestamp, scored: frozenset) -> pd.DataFrame | None:
+        """The multi-node jobs running at ``ts`` (job_id, node), by ``DIDACT_LIVE_JOBS``; from
+        Slurm, only those on the ``scored`` nodes.  None: no membership."""
         if self.settings.live_jobs == "none":
             return None
         if self.settings.live_jobs == "slurm":
             if self._slurm_jobs is None:
                 self._slurm_jobs = SlurmJobs(self.settings.slurm_conf, self.settings.slurm_command_timeout_s)
-            return self._scored_only(self._slurm_jobs())
+            return self._scored_only(self._slurm_jobs(), scored)
         sim = getattr(self.feed, "cluster", None)
         if sim is not None and hasattr(sim, "cluster_truth"):
             day = ts.date()
@@ -151,21 +153,21 @@ class LiveCluster:
         jobs = getattr(self.feed, "jobs", None)
         return jobs() if callable(jobs) else None
 
-    def _scored_only(self, jobs: pd.DataFrame | None) -> pd.DataFrame | None:
+    def _scored_only(self, jobs: pd.DataFrame | None, scored: frozenset) -> pd.DataFrame | None:
         """Slurm's running jobs on the nodes being scored: a node the telemetry does not name (not
         monitored, or named otherwise) is left out — said once — instead of failing the interval."""
         if jobs is None:
             return None
         seen = self._slurm_seen
-        if seen is not None and seen[0] is jobs and seen[1] == self._scorer_nodes:
+        if seen is not None and seen[0] is jobs and seen[1] == scored:
             return seen[2]  # the same answer: the scorer validates a frame it saw once only
-        known = jobs["node"].isin(self._scorer_nodes or frozenset())
+        known = jobs["node"].isin(scored)
         if not known.all() and not self._slurm_warned:
             self._slurm_warned = True
             log.warning("running jobs from Slurm: %d node(s) not scored here, e.g. %s (left out; with "
                         "Prometheus, DIDACT_PROMETHEUS_NODE_LABEL picks the node names)",
                         (~known).sum(), jobs["node"][~known].iloc[0])  # fmt: skip
-        self._slurm_seen = (jobs, self._scorer_nodes, jobs[known].reset_index(drop=True))
+        self._slurm_seen = (jobs, scored, jobs[known].reset_index(drop=True))
         return self._slurm_seen[2]
 
     def score(self, scores: IntervalScores) -> pd.DataFrame:
@@ -182,7 +184,7 @@ class LiveCluster:
         ts = pd.Timestamp(scores.samples["ts"].max()) if len(scores.samples) else pd.Timestamp(scores.ts)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
         try:
-            out = self._scorer.score(nodes, ts, self._running_jobs(ts))
+            out = self._scorer.score(nodes, ts, self.running_jobs(ts, self._scorer_nodes))
         except DidactError as e:  # a bad topology or job frame must not stop node scoring
             self.errors += 1
             log.warning("cluster scoring: %s", e)
