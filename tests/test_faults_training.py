@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from didact_assets.instance import ensure_instance
+from didact_assets.instance import ensure_instance, with_forkserver
 from didact_core.data import spine
 from didact_core.errors import DidactError, RegistryError
 from didact_core.learn import continual
@@ -175,6 +175,15 @@ def test_a_killed_dagster_run_frees_its_pool_slot_and_fails(tsettings, didact_en
     old = reg.client.get_run(dead_mlflow.info.run_id)
     assert old.info.status == "FAILED" and "ended without ending the run" in old.data.tags[REASON_TAG]
     assert reg.alias(CHAMPION) == 1 and not reg.runs(status="RUNNING")
+
+
+def test_steps_fork_from_a_preloaded_forkserver_unless_the_run_config_chooses():
+    forked = {"start_method": {"forkserver": {}}}
+    assert with_forkserver({"multiprocess": {}}) == {"multiprocess": forked}
+    assert with_forkserver({"multiprocess": {"max_concurrent": 2}}) == {"multiprocess": {"max_concurrent": 2, **forked}}
+    spawn = {"multiprocess": {"start_method": {"spawn": {}}}}
+    assert with_forkserver(spawn) == spawn  # the run config's choice stands
+    assert with_forkserver({"in_process": {}}) == {"in_process": {}}
 
 
 # -- a dead tracking server ------------------------------------------------------------------------
