@@ -9,18 +9,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import requests
 
 from didact_core.data.warehouse import Warehouse
-from didact_core.procs import terminate_tree
 
+from . import dagster_web as web
 from .conftest import REPO, last_days
-from .services import answers, dagster_site, free_port
+from .dagster_web import graphql, wait_backfill, wait_run
+from .services import dagster_site
 
 DAGSTER_BIN = Path(sys.executable).parent
 
@@ -53,35 +52,13 @@ def test_parallel_processes_share_the_warehouse(settings, didact_env):
     assert rows == sum(wh.require("ai_ready_metrics", d).tables["samples"] for d in days)
 
 
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    r = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
-    r.raise_for_status()
-    body = r.json()
-    assert "errors" not in body, body["errors"]
-    return body["data"]
-
-
 @pytest.fixture
 def dagster_dev(didact_env, tmp_path):
-    """`dagster dev` (webserver + daemon) on a free 127.0.0.1 port; its daemon passes over
-    the backfills every few seconds (:func:`tests.services.dagster_site`)."""
-    port, log = free_port(), tmp_path / "dagster-dev.log"
+    """`dagster dev` (webserver + daemon); its daemon passes over the backfills every few
+    seconds (:func:`tests.services.dagster_site`)."""
     site = dagster_site(tmp_path / "site")
-    with open(log, "wb") as out:  # a file, not a pipe nobody reads: a full pipe would stall it
-        proc = subprocess.Popen(
-            [str(DAGSTER_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env={**didact_env, "PYTHONPATH": f"{site}:{REPO}"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not answers(f"{url}/server_info"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(0.5)
+    with web.dagster_dev({**didact_env, "PYTHONPATH": f"{site}:{REPO}"}, tmp_path / "dagster-dev.log") as url:
         yield url
-    finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
-        terminate_tree(proc, grace_s=10)
 
 
 def chromium(*args: str) -> str:
@@ -126,20 +103,7 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, t
                                                                 "ood_review", "champion_model")]}},
     )["launchPartitionBackfill"]  # fmt: skip
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
-
-    deadline = time.monotonic() + 240
-    status = None
-    while time.monotonic() < deadline:
-        status = graphql(
-            url,
-            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }",
-            {"id": backfill_id},
-        )["partitionBackfillOrError"]["status"]
-        if status in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED", "COMPLETED_FAILED"):
-            break
-        time.sleep(2)
-    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    assert wait_backfill(url, launched["backfillId"]) in ("COMPLETED", "COMPLETED_SUCCESS")
     wh = Warehouse(settings.home_path)
     assert wh.partitions("ai_ready_metrics") == days
 
@@ -169,15 +133,7 @@ def test_webserver_serves_the_graph_and_runs_a_backfill(dagster_dev, settings, t
                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]}}},
     )["launchRun"]  # fmt: skip
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = graphql(url, 'query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }',
-                         {"id": run_id})["runOrError"]["status"]  # fmt: skip
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(2)
-    assert status == "SUCCESS"
+    assert wait_run(url, launched["run"]["runId"]) == "SUCCESS"
     assert day in wh.partitions("ai_ready_metrics")
 
     # headless Chromium renders the asset graph pages; screenshots for the README

@@ -10,19 +10,16 @@ starts the Dagster webserver and daemon on a throwaway PostgreSQL (:mod:`tests.p
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import requests
 
 from didact_assets.assets import models, telemetry
 from didact_assets.resources import DidactResource
@@ -36,13 +33,13 @@ from didact_core.errors import DidactError
 from didact_core.learn import job as training_job
 from didact_core.learn.champion import MODEL_ASSET
 from didact_core.learn.registry import ModelRegistry
-from didact_core.procs import terminate_tree
 from tests.postgres_cluster import INSTALL_HINT as PG_INSTALL_HINT
 from tests.postgres_cluster import pg_bin, start_postgres
 
 from .conftest import REPO
+from .dagster_web import dagster_dev, graphql, run_status, wait_backfill
 from .days import fixed_days
-from .services import answers, dagster_site, free_port
+from .services import dagster_site
 
 DAY = fixed_days(1)[0]
 TINY = dict(nodes=4, cpus=2, interval_s=60.0, seed=3, workers=2, start_date="2026-01-01")
@@ -315,43 +312,11 @@ def test_champion_model_trains_as_one_slurm_job_and_fails_clearly(slurm_cluster,
 PG_SCHEME = "postgresql+psycopg2"
 
 
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    r = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
-    r.raise_for_status()
-    assert "errors" not in r.json(), r.json()["errors"]
-    return r.json()["data"]
-
-
-def run_status(url: str, run_id: str) -> str:
-    return graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                   {"id": run_id})["runOrError"]["status"]  # fmt: skip
-
-
 def slurm_jobs(cluster, name: str) -> list[str]:
     """``squeue``'s (job id, state) lines of the jobs called ``name`` (pending, running, completing)."""
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%A %T"], env=cluster.env, capture_output=True,
                          text=True, timeout=30, check=True)  # fmt: skip
     return out.stdout.split("\n")[:-1]
-
-
-@contextlib.contextmanager
-def dagster_dev(env: dict, log: Path):
-    """`dagster dev` (webserver + daemon) on a free port; its output in ``log``."""
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-             "-p", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while not answers(f"{url}/server_info"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        yield url
-    finally:  # what is left after 10 s (dagster dev takes 30 s and more) is killed
-        terminate_tree(proc, grace_s=10)
 
 
 #: the tests' site for the Dagster services: task 0 of a Slurm job sleeps while the flag file exists
@@ -368,18 +333,6 @@ def launch(url: str, query: str, variables: dict, field: str) -> dict:
     out = graphql(url, query, variables)[field]
     assert out["__typename"] in ("LaunchRunSuccess", "LaunchBackfillSuccess"), out
     return out
-
-
-def wait_backfill(url: str, backfill_id: str, timeout_s: float) -> str:
-    deadline, status = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        status = graphql(url, "query($id: String!) { partitionBackfillOrError(backfillId: $id) { "
-                              "... on PartitionBackfill { status } } }", {"id": backfill_id},
-                         )["partitionBackfillOrError"]["status"]  # fmt: skip
-        if status in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED", "COMPLETED_FAILED"):
-            break
-        time.sleep(2)
-    return status
 
 
 @pytest.mark.slow
@@ -414,7 +367,7 @@ def test_dagster_on_postgres_backfills_through_slurm_and_terminate_cancels(slurm
                   ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
                 {"params": {"partitionNames": DAYS, "assetSelection": [{"path": [a]} for a in assets]}},
                 "launchPartitionBackfill")  # fmt: skip
-            assert wait_backfill(url, backfill["backfillId"], 600) in ("COMPLETED", "COMPLETED_SUCCESS")
+            assert wait_backfill(url, backfill["backfillId"]) in ("COMPLETED", "COMPLETED_SUCCESS")
             wh = Warehouse(farm.home_path)
             lin = wh.lineage(MODEL_ASSET, event="register")
             assert lin["partition"].tolist() == DAYS  # in order, each from the previous day's champion
