@@ -13,15 +13,16 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from didact_assets import cli_act, cli_backfill, cli_ci, cli_storage
 from didact_assets import cli_args as args_
 from didact_assets import cli_services as services
-from didact_assets import cli_act, cli_backfill, cli_ci, cli_storage
 from didact_assets.cli_args import last_days
 from didact_assets.cli_output import console, reporter, table
 from didact_assets.cli_testbed_eval import add_evaluate_arguments
 from didact_core.config import Settings
 from didact_core.errors import DidactError
 from didact_core.procs import StopRequested
+from didact_core.serve.options import add_serve_arguments  # light: the service itself loads when it runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -274,9 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     cli_backfill.add_parsers(sub)
     cli_ci.add_parsers(sub)
     cli_act.add_parsers(sub)
-
-    # lazy: serving imports torch (seconds); only the parser needs its options here
-    from didact_core.serve.cli import add_serve_arguments
 
     sv = sub.add_parser("serve", help="score every node live with the champion, export /metrics (127.0.0.1:9108)")
     add_serve_arguments(sv)

@@ -61,6 +61,8 @@ from didact_core.errors import DidactError
 log = logging.getLogger(__name__)
 
 SOURCES = ("simulator", "prometheus")
+#: what `didact serve` scores live (didact_core.ingest.live.make_feed)
+LIVE_FEEDS = ("simulator", "prometheus", "localhost")
 #: where a partition's node blocks run (didact_core.engine.EXECUTORS)
 EXECUTORS = ("local", "slurm")
 LIVE_JOBS = ("auto", "slurm", "none")

@@ -10,37 +10,47 @@ scores on ``/metrics`` for Prometheus, and send OOD events to the review queue.
     watcher.py    ModelWatcher: follows the champion alias, keeps the last good model
     http.py       MetricsServer: /metrics for many scrapers without slowing scoring
     service.py    ServingService (the loop), serve()
+    options.py    the options of serving: defaults, the arguments of `didact serve` (light: no torch)
     cli.py        python -m didact_core.serve.cli; the options of `didact serve` (not re-exported
                   here, so that `python -m` runs it fresh)
+
+The names below are imported on first use (PEP 562): importing a light submodule (the options) does not import torch through this package.
 """
 
-from didact_core.serve.collector import DEFAULT_CPU_LABEL_CAP, NodeCollector
-from didact_core.serve.events import ReviewSink, ood_events
-from didact_core.serve.history import NodeHistory, WindowBuffer
-from didact_core.serve.http import MetricsServer
-from didact_core.serve.metrics import CLEANING_KINDS, ServingMetrics
-from didact_core.serve.model import LoadedModel
-from didact_core.serve.scoring import IntervalScores, Scorer, aggregate_nodes
-from didact_core.serve.service import DEFAULT_INTERVAL_S, ServingService, serve
-from didact_core.serve.watcher import DEFAULT_RELOAD_S, ModelWatcher
+import importlib
 
-__all__ = [
-    "CLEANING_KINDS",
-    "DEFAULT_CPU_LABEL_CAP",
-    "DEFAULT_INTERVAL_S",
-    "DEFAULT_RELOAD_S",
-    "IntervalScores",
-    "LoadedModel",
-    "MetricsServer",
-    "ModelWatcher",
-    "NodeCollector",
-    "NodeHistory",
-    "ReviewSink",
-    "Scorer",
-    "ServingMetrics",
-    "ServingService",
-    "WindowBuffer",
-    "aggregate_nodes",
-    "ood_events",
-    "serve",
-]
+#: each re-exported name → the submodule that defines it
+_WHERE = {
+    "DEFAULT_CPU_LABEL_CAP": "options",
+    "DEFAULT_INTERVAL_S": "options",
+    "DEFAULT_RELOAD_S": "options",
+    "NodeCollector": "collector",
+    "ReviewSink": "events",
+    "ood_events": "events",
+    "NodeHistory": "history",
+    "WindowBuffer": "history",
+    "MetricsServer": "http",
+    "CLEANING_KINDS": "metrics",
+    "ServingMetrics": "metrics",
+    "LoadedModel": "model",
+    "IntervalScores": "scoring",
+    "Scorer": "scoring",
+    "aggregate_nodes": "scoring",
+    "ServingService": "service",
+    "serve": "service",
+    "ModelWatcher": "watcher",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

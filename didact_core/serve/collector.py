@@ -15,8 +15,6 @@ from didact_core.serve.scoring import IntervalScores
 
 log = logging.getLogger(__name__)
 
-#: export per-CPU series only while nodes × CPUs stays at or below this
-DEFAULT_CPU_LABEL_CAP = 4096
 
 
 class NodeCollector:

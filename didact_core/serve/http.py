@@ -35,8 +35,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9108
 #: a request head larger than this is refused (``/metrics`` needs a few hundred bytes)
 MAX_HEAD_BYTES = 16 * 1024
 NOT_FOUND = b"didact serving: see /metrics\n"

@@ -50,8 +50,9 @@ import threading
 import pandas as pd
 import prometheus_client as pc
 
-from didact_core.serve.collector import DEFAULT_CPU_LABEL_CAP, NodeCollector
+from didact_core.serve.collector import NodeCollector
 from didact_core.serve.model import LoadedModel
+from didact_core.serve.options import DEFAULT_CPU_LABEL_CAP
 from didact_core.serve.scoring import IntervalScores
 
 #: preprocessing counts exported as didact_cleaning_events_total{kind}

@@ -53,22 +53,27 @@ import time
 import pandas as pd
 
 from didact_core.config import Settings
-from didact_core.learn.registry import bound_mlflow_http
 from didact_core.errors import DidactError, SourceUnavailableError
 from didact_core.ingest.live import LiveFeed, make_feed
+from didact_core.learn.registry import bound_mlflow_http
 from didact_core.schema import NODE_FEATURES
 from didact_core.serve.cluster import LiveCluster
-from didact_core.serve.collector import DEFAULT_CPU_LABEL_CAP
 from didact_core.serve.events import ReviewFailed, ReviewSink, ood_events
-from didact_core.serve.http import DEFAULT_HOST, DEFAULT_PORT, MetricsServer
+from didact_core.serve.http import MetricsServer
 from didact_core.serve.metrics import ServingMetrics
 from didact_core.serve.model import LoadedModel
+from didact_core.serve.options import (
+    DEFAULT_CPU_LABEL_CAP,
+    DEFAULT_HOST,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_PORT,
+    DEFAULT_RELOAD_S,
+)
 from didact_core.serve.scoring import IntervalScores, Scorer
-from didact_core.serve.watcher import DEFAULT_RELOAD_S, ModelWatcher
+from didact_core.serve.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL_S = 15.0
 
 
 class ServingService:

@@ -21,10 +21,10 @@ from didact_core.learn.centroids import centroids_of
 from didact_core.learn.registry import CHAMPION, ModelRegistry
 from didact_core.serve.metrics import ServingMetrics
 from didact_core.serve.model import LoadedModel, model_facts, short_error
+from didact_core.serve.options import DEFAULT_RELOAD_S
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RELOAD_S = 30.0
 #: longest wait between two registry checks while it is unreachable (and at most 10 × reload_s)
 MAX_BACKOFF_S = 60.0
 

@@ -12,10 +12,11 @@ import abc
 import numpy as np
 import pandas as pd
 
+from didact_core.config import LIVE_FEEDS
 from didact_core.ingest.node_exporter import NODE_VALUES
 from didact_core.schema import CPU_MODES
 
-FEEDS = ("simulator", "prometheus", "localhost")
+FEEDS = LIVE_FEEDS
 
 
 class LiveFeed(abc.ABC):
