@@ -11,10 +11,11 @@ scores on ``/metrics`` for Prometheus, and send OOD events to the review queue.
     http.py       MetricsServer: /metrics for many scrapers without slowing scoring
     service.py    ServingService (the loop), serve()
     options.py    the options of serving: defaults, the arguments of `didact serve` (light: no torch)
-    cli.py        python -m didact_core.serve.cli; the options of `didact serve` (not re-exported
-                  here, so that `python -m` runs it fresh)
+    cli.py        python -m didact_core.serve.cli, serve_from_args (what `didact serve` runs; not
+                  re-exported here, so that `python -m` runs it fresh)
 
-The names below are imported on first use (PEP 562): importing a light submodule (the options) does not import torch through this package.
+The names below are imported on first use (PEP 562): importing a light submodule (the
+options) does not import torch through this package.
 """
 
 import importlib
